@@ -1,0 +1,69 @@
+"""XOR cluster data with flipped labels (Xu, Wang, Frei, Vardi, Hu, ICLR 2024, arXiv:2310.02541).
+
+x = mu + xi with mu drawn uniformly from {+mu1, -mu1, +mu2, -mu2} (mu1 orthogonal to mu2, both of
+norm ``signal``) and xi ~ N(0, I_d). The clean label is +1 for the +-mu1 clusters and -1 for the
++-mu2 clusters (an XOR: no linear classifier beats chance); a ``noise_rate`` share of the training
+labels is flipped. Test labels are clean.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from labkit.data.core import Split
+
+
+@dataclass(repr=False)
+class XorClusters(Split):
+    """A :class:`Split` with labels in {-1, +1} plus what the notebook needs to look inside."""
+
+    flipped: torch.Tensor  # bool (n_train,): the training labels that were flipped
+    train_cluster: torch.Tensor  # long (n_train,): 0..3 for +mu1, -mu1, +mu2, -mu2
+    test_cluster: torch.Tensor
+    mu1: torch.Tensor
+    mu2: torch.Tensor
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+
+def xor_clusters(
+    n_train: int = 200,
+    n_test: int = 2000,
+    *,
+    dim: int = 2000,
+    signal: float = 12.0,
+    noise_rate: float = 0.1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> XorClusters:
+    """Generate XOR cluster data; the flipped share of the training set is exactly ``noise_rate`` (rounded)."""
+    if n_train < 4 or n_test < 4:
+        raise ValueError(f"n_train and n_test must be at least 4, got {n_train} and {n_test}")
+    if dim < 2:
+        raise ValueError(f"dim must be at least 2, got {dim}")
+    if signal <= 0:
+        raise ValueError(f"signal must be positive, got {signal}")
+    if not 0.0 <= noise_rate < 0.5:
+        raise ValueError(f"noise_rate must be in [0, 0.5), got {noise_rate}")
+    gen = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(dim, 2, generator=gen))
+    mu1, mu2 = signal * basis[:, 0], signal * basis[:, 1]
+    centres = torch.stack([mu1, -mu1, mu2, -mu2])
+    clean_label = torch.tensor([1.0, 1.0, -1.0, -1.0])
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cluster = torch.randint(0, 4, (n,), generator=gen)
+        x = centres[cluster] + torch.randn(n, dim, generator=gen)
+        return x, clean_label[cluster], cluster
+
+    train_x, train_y, train_cluster = draw(n_train)
+    test_x, test_y, test_cluster = draw(n_test)
+    flipped = torch.zeros(n_train, dtype=torch.bool)
+    flipped[torch.randperm(n_train, generator=gen)[: round(noise_rate * n_train)]] = True
+    train_y = torch.where(flipped, -train_y, train_y)
+    data = XorClusters(train_x, train_y, test_x, test_y, flipped, train_cluster, test_cluster, mu1, mu2)
+    return data.to(device)

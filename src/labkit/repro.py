@@ -1,0 +1,181 @@
+"""The reproduction verdict of a notebook: a list of claims, each compared with a criterion.
+
+``check_claims`` shows the claims as a table (HTML in Jupyter, text elsewhere), writes a JSON record
+when ``LABKIT_RESULTS_DIR`` is set (``labkit reproduce`` collects these into its report) and raises
+``ClaimNotReproduced`` when a claim that is expected to hold does not.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ClaimNotReproduced(AssertionError):
+    """Raised by :func:`check_claims` when at least one expected claim does not hold."""
+
+    def __init__(self, failed: Sequence[Claim]):
+        self.failed = list(failed)
+        lines = [f"{len(self.failed)} claim(s) not reproduced:"]
+        lines += [f"  - {c.name}: measured {format_value(c.measured)}, needed {c.criterion}" for c in self.failed]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class Claim:
+    """One checked claim of a paper.
+
+    ``statement`` is the paper's claim in words, ``paper_value`` the paper's number where it gives
+    one, ``measured`` our value, ``criterion`` the test as text (e.g. ``"gap < 1%"``), ``holds`` its
+    outcome. ``expected=False`` marks a claim known not to reproduce at this scale: it is reported
+    as "not reproduced" without failing the notebook (keep the check honest, explain in the notebook).
+    """
+
+    name: str
+    statement: str
+    measured: Any
+    criterion: str
+    holds: bool
+    paper_value: Any = None
+    expected: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("Claim name must be a non-empty string")
+        if not isinstance(self.criterion, str) or not self.criterion:
+            raise ValueError(f"Claim {self.name!r}: criterion must be a non-empty string")
+        self.holds = to_bool(self.holds, what=f"Claim {self.name!r}: holds")
+        self.measured = to_plain(self.measured)
+        self.paper_value = to_plain(self.paper_value)
+
+    @property
+    def verdict(self) -> str:
+        if self.holds:
+            return "reproduced" if self.expected else "reproduced (unexpectedly)"
+        return "NOT REPRODUCED" if self.expected else "not reproduced (known at this scale)"
+
+    @property
+    def failed(self) -> bool:
+        return self.expected and not self.holds
+
+
+def to_bool(value: Any, *, what: str) -> bool:
+    """Turn a Python/NumPy/torch boolean scalar into ``bool``; anything else is a ``TypeError``."""
+    if hasattr(value, "item") and getattr(value, "numel", lambda: 1)() == 1:
+        value = value.item()
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ == "bool_":  # numpy.bool_
+        return bool(value)
+    raise TypeError(f"{what} must be a boolean, got {type(value).__name__}")
+
+
+def to_plain(value: Any) -> Any:
+    """Tensors / NumPy scalars to plain Python numbers so the record is JSON-serialisable."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return value.tolist()
+    return value
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def claims_table_text(claims: Sequence[Claim]) -> str:
+    """A plain-text table of claims (what the terminal and the report print)."""
+    rows = [("claim", "paper", "measured", "criterion", "verdict")]
+    rows += [(c.name, format_value(c.paper_value), format_value(c.measured), c.criterion, c.verdict) for c in claims]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    line = lambda r: "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(rows[0]), line(tuple("-" * w for w in widths))] + [line(r) for r in rows[1:]])
+
+
+def claims_table_html(claims: Sequence[Claim]) -> str:
+    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in ("claim", "paper says", "paper", "measured", "criterion", "verdict"))
+    body = []
+    for c in claims:
+        colour = "#1a7f37" if c.holds else ("#cf222e" if c.expected else "#9a6700")
+        cells = (c.name, c.statement, format_value(c.paper_value), format_value(c.measured), c.criterion)
+        tds = "".join(f"<td style='text-align:left'>{html.escape(str(x))}</td>" for x in cells)
+        body.append(f"<tr>{tds}<td style='color:{colour};font-weight:bold'>{html.escape(c.verdict)}</td></tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython ships with the workbook
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+def slugify(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "notebook"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to ``path`` through a temporary file in the same folder, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def check_claims(claims: Sequence[Claim], *, notebook: str | None = None) -> list[Claim]:
+    """Show the claims, record them for ``labkit reproduce`` and raise if an expected one fails.
+
+    ``notebook`` names the record; by default it comes from ``LABKIT_NOTEBOOK`` (set by the runner).
+    """
+    claims = list(claims)
+    if not claims:
+        raise ValueError("claims must hold at least one Claim")
+    for c in claims:
+        if not isinstance(c, Claim):
+            raise TypeError(f"claims must be Claim objects, got {type(c).__name__}")
+    if in_notebook():
+        from IPython.display import HTML, display
+
+        display(HTML(claims_table_html(claims)))
+    else:
+        print(claims_table_text(claims))
+
+    results_dir = os.environ.get("LABKIT_RESULTS_DIR")
+    if results_dir:
+        name = notebook or os.environ.get("LABKIT_NOTEBOOK") or "notebook"
+        record = {
+            "notebook": name,
+            "seed": os.environ.get("LABKIT_SEED"),
+            "scale": os.environ.get("LABKIT_SCALE"),
+            "claims": [asdict(c) | {"verdict": c.verdict} for c in claims],
+        }
+        write_json_atomic(Path(results_dir) / f"{slugify(name)}.json", record)
+
+    failed = [c for c in claims if c.failed]
+    if failed:
+        raise ClaimNotReproduced(failed)
+    return claims

@@ -1,0 +1,295 @@
+"""One training loop for every pillar: progress bar, metric history, atomic checkpoints and resume.
+
+``fit`` drives any ``torch.optim.Optimizer`` through a closure (so closure optimizers such as SAM work
+unchanged). Mini-batches are a deterministic function of (seed, step), and the checkpoint stores the
+model, optimizer, scheduler, history and torch's RNG state, so an interrupted run resumed from its
+checkpoint continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+Batch = tuple[torch.Tensor, ...]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+Metric = Callable[[nn.Module], float]
+
+
+class History:
+    """Per-step training loss plus metric rows recorded at evaluation steps.
+
+    ``history["test_acc"]`` is that metric's column, ``history.steps`` the evaluation steps,
+    ``history.loss`` the training loss of every step.
+    """
+
+    def __init__(self, rows: list[dict[str, float]] | None = None, loss: list[float] | None = None):
+        self.rows: list[dict[str, float]] = rows or []
+        self.loss: list[float] = loss or []
+
+    def record(self, step: int, values: Mapping[str, float]) -> None:
+        self.rows.append({"step": step, **{k: float(v) for k, v in values.items()}})
+
+    @property
+    def steps(self) -> list[int]:
+        return [int(r["step"]) for r in self.rows]
+
+    def __getitem__(self, name: str) -> list[float]:
+        if not self.rows or name not in self.rows[-1]:
+            known = sorted(self.rows[-1]) if self.rows else []
+            raise KeyError(f"no metric {name!r} in history; recorded: {known}")
+        return [r.get(name, math.nan) for r in self.rows]
+
+    def last(self, name: str) -> float:
+        return self[name][-1]
+
+    def at(self, step: int) -> dict[str, float]:
+        """The metric row recorded at ``step``."""
+        for r in self.rows:
+            if r["step"] == step:
+                return r
+        raise KeyError(f"no evaluation at step {step}; evaluated at {self.steps}")
+
+    def first_step(self, name: str, predicate: Callable[[float], bool]) -> int | None:
+        """The first evaluation step whose ``name`` satisfies ``predicate`` (None if never)."""
+        for r in self.rows:
+            if name in r and predicate(r[name]):
+                return int(r["step"])
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "loss": self.loss}
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> History:
+        return cls([dict(r) for r in state["rows"]], list(state["loss"]))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        cols = sorted(self.rows[-1]) if self.rows else []
+        return f"History({len(self.loss)} steps, {len(self.rows)} evaluations, columns={cols})"
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of correct predictions: argmax of (N, C) logits, or the sign of (N,) scores for y in {-1, +1}."""
+    out = model(x)
+    if out.ndim == 1 or out.shape[-1] == 1:
+        return ((out.reshape(-1) * y.reshape(-1)) > 0).float().mean().item()
+    return (out.argmax(dim=-1) == y).float().mean().item()
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file in the same folder, then an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def progress_enabled(progress: bool | None) -> bool:
+    """``progress=None`` follows ``LABKIT_PROGRESS`` (set to 0 by the headless runners)."""
+    if progress is None:
+        return os.environ.get("LABKIT_PROGRESS", "1") not in ("0", "false", "no")
+    return bool(progress)
+
+
+def _eval_schedule(eval_every: int | Sequence[int] | None, steps: int) -> Callable[[int], bool]:
+    if eval_every is None:
+        every = max(1, steps // 50)
+        return lambda s: s % every == 0 or s == steps
+    if isinstance(eval_every, int):
+        if eval_every < 1:
+            raise ValueError(f"eval_every must be a positive int or a list of steps, got {eval_every}")
+        return lambda s: s % eval_every == 0 or s == steps
+    wanted = {int(s) for s in eval_every}
+    if any(s < 0 for s in wanted):
+        raise ValueError("eval_every steps must be non-negative")
+    return lambda s: s in wanted or s == steps
+
+
+def _check_data(data: Batch | None) -> int:
+    if data is None:
+        return 0
+    if not isinstance(data, (tuple, list)) or not data or not all(isinstance(t, torch.Tensor) for t in data):
+        raise TypeError("data must be a tuple of tensors sharing their first dimension, or None")
+    n = data[0].shape[0]
+    if n == 0:
+        raise ValueError("data is empty")
+    if any(t.shape[0] != n for t in data):
+        raise ValueError(f"data tensors must share their first dimension, got {[tuple(t.shape) for t in data]}")
+    return n
+
+
+def batch_at(data: Batch, step: int, batch_size: int, seed: int) -> Batch:
+    """The mini-batch of ``step``: epoch-wise permutations seeded by (seed, epoch); a pure function."""
+    n = data[0].shape[0]
+    per_epoch = math.ceil(n / batch_size)
+    epoch, index = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    idx = perm[index * batch_size:(index + 1) * batch_size].to(data[0].device)
+    return tuple(t[idx] for t in data)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Batch | None = None,
+    *,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    batch_size: int | None = None,
+    scheduler: Any = None,
+    metrics: Mapping[str, Metric] | None = None,
+    eval_every: int | Sequence[int] | None = None,
+    stop_when: Callable[[History], bool] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    on_nonfinite: str = "raise",
+    seed: int = 0,
+    progress: bool | None = None,
+    desc: str = "training",
+) -> History:
+    """Train ``model`` for ``steps`` optimizer steps and return its :class:`History`.
+
+    ``loss_fn(model, batch)`` returns a scalar loss; ``batch`` is ``data`` (full batch when
+    ``batch_size`` is None) or a seeded mini-batch of it, or ``None`` when ``data`` is None.
+    ``metrics`` maps names to ``fn(model) -> float``, evaluated in eval mode at step 0, every
+    ``eval_every`` steps (or at the listed steps) and at the end. ``stop_when(history)`` ends early.
+    With ``checkpoint`` (a file path) the run saves atomically every ``checkpoint_every`` steps and on
+    Ctrl-C, and resumes from that file when it exists. ``on_nonfinite``: "raise" or "stop".
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    if on_nonfinite not in ("raise", "stop"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    n = _check_data(data)
+    metrics = dict(metrics or {})
+    should_eval = _eval_schedule(eval_every, steps)
+    if checkpoint_every is None:
+        checkpoint_every = max(1, steps // 10)
+    elif checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every}")
+
+    history, start = History(), 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        history, start = History.from_state_dict(state["history"]), int(state["step"])
+        _set_rng_state(state["rng"])
+
+    def save(step: int) -> None:
+        if checkpoint is None:
+            return
+        save_atomic({
+            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "history": history.state_dict(), "rng": _rng_state(),
+        }, checkpoint)
+
+    def evaluate(step: int) -> None:
+        was_training = model.training
+        model.eval()
+        try:
+            values = {name: fn(model) for name, fn in metrics.items()}
+        finally:
+            model.train(was_training)
+        if history.loss:
+            values = {"loss": history.loss[-1], **values}
+        history.record(step, values)
+
+    if start == 0 and not history.rows:
+        evaluate(0)
+    if stop_when is not None and history.rows and stop_when(history):
+        return history
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress_enabled(progress),
+               dynamic_ncols=True, leave=False)
+    step, clean = start, True  # clean: parameters and step counter agree (safe to checkpoint)
+    model.train()
+    try:
+        while step < steps:
+            clean = False
+            batch = None
+            if data is not None:
+                batch = tuple(data) if batch_size is None or batch_size >= n else batch_at(data, step, batch_size, seed)
+
+            def closure(batch: Batch | None = batch) -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model, batch)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    raise ValueError("loss_fn must return a scalar tensor")
+                loss.backward()
+                return loss
+
+            loss = optimizer.step(closure)
+            if loss is None:
+                raise TypeError("optimizer.step(closure) returned None; labkit's fit needs an optimizer that "
+                                "calls the closure and returns the loss (all torch.optim optimizers do)")
+            value = float(loss.detach())
+            step += 1
+            if not math.isfinite(value):
+                if on_nonfinite == "raise":
+                    raise FloatingPointError(f"training loss became {value} at step {step}; lower the learning "
+                                             "rate or pass on_nonfinite='stop'")
+                history.loss.append(value)
+                evaluate(step)
+                break
+            history.loss.append(value)
+            if scheduler is not None:
+                scheduler.step()
+            clean = True
+            bar.update(1)
+            if should_eval(step):
+                evaluate(step)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in list(history.rows[-1].items())[1:4]}, refresh=False)
+                if stop_when is not None and stop_when(history):
+                    break
+            if step % checkpoint_every == 0:
+                save(step)
+    except KeyboardInterrupt:
+        bar.close()
+        if clean:
+            save(step)  # else the last periodic checkpoint stands: a half-applied step is never saved
+        raise
+    bar.close()
+    save(step)
+    return history
