@@ -109,7 +109,8 @@ def claims_table_text(claims: Sequence[Claim]) -> str:
 
 
 def claims_table_html(claims: Sequence[Claim]) -> str:
-    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in ("claim", "paper says", "paper", "measured", "criterion", "verdict"))
+    names = ("claim", "paper says", "paper", "measured", "criterion", "verdict")
+    head = "".join(f"<th style='text-align:left'>{h}</th>" for h in names)
     body = []
     for c in claims:
         colour = "#1a7f37" if c.holds else ("#cf222e" if c.expected else "#9a6700")

@@ -27,12 +27,15 @@ class History:
     """Per-step training loss plus metric rows recorded at evaluation steps.
 
     ``history["test_acc"]`` is that metric's column, ``history.steps`` the evaluation steps,
-    ``history.loss`` the training loss of every step.
+    ``history.loss`` the training loss of every step, ``history.snapshots`` the model state (on CPU)
+    at the steps asked for with ``fit(..., snapshots=[...])``.
     """
 
-    def __init__(self, rows: list[dict[str, float]] | None = None, loss: list[float] | None = None):
+    def __init__(self, rows: list[dict[str, float]] | None = None, loss: list[float] | None = None,
+                 snapshots: dict[int, dict[str, torch.Tensor]] | None = None):
         self.rows: list[dict[str, float]] = rows or []
         self.loss: list[float] = loss or []
+        self.snapshots: dict[int, dict[str, torch.Tensor]] = snapshots or {}
 
     def record(self, step: int, values: Mapping[str, float]) -> None:
         self.rows.append({"step": step, **{k: float(v) for k, v in values.items()}})
@@ -65,11 +68,11 @@ class History:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "loss": self.loss}
+        return {"rows": self.rows, "loss": self.loss, "snapshots": self.snapshots}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> History:
-        return cls([dict(r) for r in state["rows"]], list(state["loss"]))
+        return cls([dict(r) for r in state["rows"]], list(state["loss"]), dict(state.get("snapshots", {})))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -171,6 +174,7 @@ def fit(
     scheduler: Any = None,
     metrics: Mapping[str, Metric] | None = None,
     eval_every: int | Sequence[int] | None = None,
+    snapshots: Sequence[int] = (),
     stop_when: Callable[[History], bool] | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
@@ -184,7 +188,8 @@ def fit(
     ``loss_fn(model, batch)`` returns a scalar loss; ``batch`` is ``data`` (full batch when
     ``batch_size`` is None) or a seeded mini-batch of it, or ``None`` when ``data`` is None.
     ``metrics`` maps names to ``fn(model) -> float``, evaluated in eval mode at step 0, every
-    ``eval_every`` steps (or at the listed steps) and at the end. ``stop_when(history)`` ends early.
+    ``eval_every`` steps (or at the listed steps) and at the end; ``snapshots`` lists steps whose model
+    state is kept in ``history.snapshots``. ``stop_when(history)`` ends early.
     With ``checkpoint`` (a file path) the run saves atomically every ``checkpoint_every`` steps and on
     Ctrl-C, and resumes from that file when it exists. ``on_nonfinite``: "raise" or "stop".
     """
@@ -223,7 +228,11 @@ def fit(
             "history": history.state_dict(), "rng": _rng_state(),
         }, checkpoint)
 
+    wanted_snapshots = {int(s) for s in snapshots}
+
     def evaluate(step: int) -> None:
+        if step in wanted_snapshots:
+            history.snapshots[step] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         was_training = model.training
         model.eval()
         try:
@@ -276,15 +285,15 @@ def fit(
             history.loss.append(value)
             if scheduler is not None:
                 scheduler.step()
-            clean = True
             bar.update(1)
-            if should_eval(step):
+            if should_eval(step) or step in wanted_snapshots:
                 evaluate(step)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(history.rows[-1].items())[1:4]}, refresh=False)
                 if stop_when is not None and stop_when(history):
                     break
             if step % checkpoint_every == 0:
                 save(step)
+            clean = True
     except KeyboardInterrupt:
         bar.close()
         if clean:

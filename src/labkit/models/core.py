@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus, "identity": nn.Identity}
-_NORMS = {"none": None, "batch": "batch", "layer": "layer"}
+_ACTIVATIONS = {
+    "relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "softplus": nn.Softplus, "identity": nn.Identity,
+}
+_NORMS = ("none", "batch", "layer")
 
 
 def _activation(name: str) -> nn.Module:
@@ -32,9 +34,10 @@ def mlp(
     ``norm`` in {"none", "batch", "layer"} adds a normalization layer after each hidden linear layer.
     """
     if in_features < 1 or out_features < 1 or any(h < 1 for h in hidden):
-        raise ValueError(f"layer sizes must be positive, got in={in_features}, hidden={list(hidden)}, out={out_features}")
+        raise ValueError(
+            f"layer sizes must be positive, got in={in_features}, hidden={list(hidden)}, out={out_features}")
     if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {sorted(_NORMS)}, got {norm!r}")
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
     layers: list[nn.Module] = []
     width = in_features
     for h in hidden:
@@ -104,6 +107,17 @@ class TwoLayerReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x @ self.weight.T) @ self.a
+
+    @torch.no_grad()
+    def restricted(self, basis: torch.Tensor) -> TwoLayerReLU:
+        """The same network on the subspace spanned by the orthonormal columns of ``basis`` (d, k):
+        ``g(z) = f(basis @ z)``, computed with k-dimensional weights (cheap to evaluate on a grid)."""
+        if basis.ndim != 2 or basis.shape[0] != self.weight.shape[1]:
+            raise ValueError(f"basis must have shape ({self.weight.shape[1]}, k), got {tuple(basis.shape)}")
+        small = TwoLayerReLU(basis.shape[1], self.weight.shape[0])
+        small.weight.copy_(self.weight @ basis.to(self.weight))
+        small.a.copy_(self.a)
+        return small.to(self.weight.device)
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = True) -> int:

@@ -3,6 +3,7 @@
 from labkit.viz.figures import (
     TEMPLATE,
     bar_chart,
+    decision_map,
     heatmap_grid,
     history_figure,
     line_curves,
@@ -10,4 +11,6 @@ from labkit.viz.figures import (
     to_numpy,
 )
 
-__all__ = ["TEMPLATE", "bar_chart", "heatmap_grid", "history_figure", "line_curves", "scatter_2d", "to_numpy"]
+__all__ = [
+    "TEMPLATE", "bar_chart", "decision_map", "heatmap_grid", "history_figure", "line_curves", "scatter_2d", "to_numpy",
+]

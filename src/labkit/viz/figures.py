@@ -147,3 +147,34 @@ def bar_chart(values: Mapping[str, float], *, title: str | None = None, y_title:
     """Bars for ``{label: value}``."""
     fig = go.Figure(go.Bar(x=list(values), y=[float(v) for v in values.values()], marker_color=PALETTE[0]))
     return _finish(fig, title, None, y_title, height)
+
+
+def decision_map(u: Any, v: Any, values: Any, *, points: Any = None, point_color: Any = None,
+                 point_symbol: Any = None, title: str | None = None, x_title: str | None = None,
+                 y_title: str | None = None, colorscale: str = "RdBu_r", height: int | None = 460) -> go.Figure:
+    """A classifier's score ``values`` (len(v), len(u)) on a 2-D grid, with optional points on top.
+
+    Points (N, 2) are coloured by ``point_color`` (e.g. labels in {-1, +1}); ``point_symbol`` (bool)
+    marks a subset with crosses (e.g. flipped labels).
+    """
+    z = to_numpy(values)
+    uu, vv = to_numpy(u), to_numpy(v)
+    if z.shape != (len(vv), len(uu)):
+        raise ValueError(f"values must have shape (len(v), len(u)) = {(len(vv), len(uu))}, got {z.shape}")
+    lim = float(np.nanmax(np.abs(z))) or 1.0
+    fig = go.Figure(go.Heatmap(x=uu, y=vv, z=z, colorscale=colorscale, zmin=-lim, zmax=lim, opacity=0.75,
+                               colorbar=dict(title="score"), name="score"))
+    fig.add_trace(go.Contour(x=uu, y=vv, z=z, contours=dict(start=0, end=0, coloring="none"),
+                             line=dict(color="black", width=2), showscale=False, name="decision boundary",
+                             hoverinfo="skip"))
+    if points is not None:
+        pts = to_numpy(points)
+        colours = np.zeros(len(pts)) if point_color is None else to_numpy(point_color)
+        marks = np.zeros(len(pts), dtype=bool) if point_symbol is None else np.asarray(to_numpy(point_symbol), bool)
+        for name, sel, symbol in (("points", ~marks, "circle"), ("marked", marks, "x")):
+            fig.add_trace(go.Scatter(x=pts[sel, 0], y=pts[sel, 1], mode="markers", name=name,
+                                     marker=dict(symbol=symbol, size=7, color=colours[sel], colorscale=colorscale,
+                                                 cmin=-1, cmax=1, line=dict(width=0.6, color="#222"))))
+    fig.update_layout(hovermode="closest")
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    return _finish(fig, title, x_title, y_title, height)

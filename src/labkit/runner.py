@@ -1,0 +1,141 @@
+"""Run paper notebooks headless with papermill and collect their claims into a report."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from labkit.catalog import NotebookInfo
+from labkit.repro import Claim, claims_table_text, slugify, write_json_atomic
+
+
+@dataclass
+class RunResult:
+    name: str
+    seconds: float
+    ok: bool
+    error: str | None = None
+    skipped: bool = False
+
+
+def record_path(results_dir: Path, name: str) -> Path:
+    return results_dir / f"{slugify(name)}.json"
+
+
+def is_done(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str) -> bool:
+    """A finished run of this notebook with the same seed and scale, newer than the notebook."""
+    record = record_path(out_dir / "claims", info.name)
+    executed = out_dir / info.pillar / info.path.name
+    if not (record.exists() and executed.exists()):
+        return False
+    data = json.loads(record.read_text())
+    fresh = record.stat().st_mtime >= info.path.stat().st_mtime
+    return fresh and data.get("seed") == str(seed) and data.get("scale") == scale and \
+        not any(c["verdict"] == "NOT REPRODUCED" for c in data["claims"])
+
+
+def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, device: str = "auto",
+                 timeout: int = 900) -> RunResult:
+    """Execute one notebook with papermill (parameters SEED, SCALE, DEVICE) into ``out_dir``."""
+    import papermill as pm
+
+    results_dir = out_dir / "claims"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    record_path(results_dir, info.name).unlink(missing_ok=True)
+    env = dict(LABKIT_RESULTS_DIR=str(results_dir.resolve()), LABKIT_NOTEBOOK=info.name,
+               LABKIT_SEED=str(seed), LABKIT_SCALE=scale, LABKIT_PROGRESS="0")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits these; restored below
+    target = out_dir / info.pillar / info.path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(info.path), str(target), parameters={"SEED": seed, "SCALE": scale, "DEVICE": device},
+                            cwd=str(info.path.parent), execution_timeout=timeout, progress_bar=False,
+                            kernel_name="python3")
+    except Exception as exc:  # papermill re-raises the notebook's error: keep the last line readable
+        message = str(exc).strip().splitlines()
+        return RunResult(info.name, time.perf_counter() - start, False, message[-1] if message else repr(exc))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return RunResult(info.name, time.perf_counter() - start, True)
+
+
+def _run_one(args: tuple[NotebookInfo, Path, int, str, str, int]) -> RunResult:
+    info, out_dir, seed, scale, device, timeout = args
+    return run_notebook(info, out_dir, seed=seed, scale=scale, device=device, timeout=timeout)
+
+
+def run_all(infos: list[NotebookInfo], out_dir: Path, *, seed: int, scale: str, device: str = "auto",
+            jobs: int = 1, resume: bool = False, timeout: int = 900, echo=print) -> list[RunResult]:
+    """Run notebooks (``jobs`` at a time, each in its own process); ``resume`` skips finished ones."""
+    todo, results = [], []
+    for info in infos:
+        if resume and is_done(info, out_dir, seed=seed, scale=scale):
+            results.append(RunResult(info.name, 0.0, True, skipped=True))
+            echo(f"  skip  {info.name} (already reproduced with seed {seed}, scale {scale})")
+        else:
+            todo.append(info)
+    tasks = [(info, out_dir, seed, scale, device, timeout) for info in todo]
+    if jobs <= 1 or len(tasks) <= 1:
+        outcomes = map(_run_one, tasks)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=jobs)
+        outcomes = pool.map(_run_one, tasks)
+    try:
+        for result in outcomes:
+            results.append(result)
+            status = "ok  " if result.ok else "FAIL"
+            detail = f"  ({result.error})" if result.error else ""
+            echo(f"  {status}  {result.name}  {result.seconds:6.1f} s{detail}")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return results
+
+
+def collect_claims(results_dir: Path, names: list[str]) -> dict[str, list[Claim]]:
+    """Read the JSON records written by ``check_claims`` for the given notebook names."""
+    found = {}
+    for name in names:
+        path = record_path(results_dir, name)
+        if path.exists():
+            data = json.loads(path.read_text())
+            found[name] = [Claim(**{k: v for k, v in c.items() if k != "verdict"}) for c in data["claims"]]
+    return found
+
+
+def write_report(out_dir: Path, results: list[RunResult], *, seed: int, scale: str) -> tuple[str, bool]:
+    """Write ``claims.md`` and ``summary.json`` under ``out_dir``; return (table text, all reproduced)."""
+    claims = collect_claims(out_dir / "claims", [r.name for r in results])
+    sections, rows, all_ok = [], [], True
+    for r in results:
+        nb_claims = claims.get(r.name, [])
+        failed = (not r.ok) or any(c.failed for c in nb_claims) or not nb_claims
+        all_ok &= not failed
+        time_text = "resumed" if r.skipped else f"{r.seconds:.1f} s"
+        header = f"## {r.name}  ({time_text})"
+        if nb_claims:
+            body = claims_table_text(nb_claims)
+        else:
+            body = f"no claims recorded: {r.error or 'the notebook did not reach check_claims'}"
+        if r.error and nb_claims:
+            body += f"\nerror: {r.error}"
+        sections.append(f"{header}\n{body}")
+        rows.append({"notebook": r.name, "seconds": round(r.seconds, 2), "ok": not failed, "error": r.error,
+                     "claims": [c.__dict__ | {"verdict": c.verdict} for c in nb_claims]})
+    verdict = "ALL CLAIMS REPRODUCED" if all_ok else "SOME CLAIMS NOT REPRODUCED OR NOTEBOOKS FAILED"
+    text = f"# labkit reproduction report (seed {seed}, scale {scale})\n\n" + "\n\n".join(sections) + f"\n\n{verdict}\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "claims.md").write_text(text)
+    write_json_atomic(out_dir / "summary.json", {"seed": seed, "scale": scale, "ok": all_ok, "notebooks": rows})
+    return text, all_ok

@@ -1,0 +1,107 @@
+"""A real-browser test: JupyterLab on 127.0.0.1 with a token, the exemplar notebook run in headless Chromium,
+a widget moved with the keyboard, and the plotly figure checked to have changed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from labkit.catalog import repo_root
+
+CHROMIUM = "/usr/bin/chromium"
+EXEMPLAR = repo_root() / "notebooks" / "grokking" / "01_benign_overfitting_xor.ipynb"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"JupyterLab exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"JupyterLab did not answer at {url} within {timeout} s")
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """JupyterLab serving a copy of the exemplar (so autosave never touches the repository)."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    work = tmp_path / "lab"
+    work.mkdir()
+    shutil.copy(EXEMPLAR, work / EXEMPLAR.name)
+    port, token = _free_port(), "labkit-browser-test"
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), LABKIT_PROGRESS="0")
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = open(tmp_path / "jupyterlab.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", proc)
+        yield f"http://127.0.0.1:{port}/lab/tree/{EXEMPLAR.name}?token={token}"
+    finally:
+        proc.terminate()  # stop the server by its PID
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_exemplar_runs_in_jupyterlab_and_its_widget_redraws_the_figure(jupyterlab):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(jupyterlab)
+            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+            page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
+
+            title = page.locator(".jp-OutputArea .js-plotly-plot .gtitle", has_text="step 1:")
+            title.first.wait_for(timeout=240_000)
+            before = title.first.text_content()
+
+            handle = page.locator(".jp-OutputArea .widget-slider .noUi-handle").first
+            handle.focus()
+            page.keyboard.press("ArrowRight")
+
+            changed = page.locator(".jp-OutputArea .js-plotly-plot .gtitle", has_text="step 2:")
+            changed.first.wait_for(timeout=60_000)
+            after = changed.first.text_content()
+            assert before != after and after.startswith("step 2:")
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
+                                  has_text="Traceback")
+            assert errors.count() == 0
+        finally:
+            browser.close()

@@ -1,0 +1,59 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from labkit.repro import Claim, ClaimNotReproduced, check_claims, claims_table_html, claims_table_text
+
+
+def make(holds, expected=True, name="c"):
+    return Claim(name, "the paper says so", measured=0.5, criterion="x > 0.4", holds=holds, expected=expected)
+
+
+def test_passing_claims_print_a_table_and_return(capsys):
+    out = check_claims([make(True, name="first"), make(False, expected=False, name="second")])
+    assert len(out) == 2
+    text = capsys.readouterr().out
+    assert "first" in text and "reproduced" in text and "not reproduced (known at this scale)" in text
+
+
+def test_failing_claim_raises_listing_every_failure(capsys):
+    with pytest.raises(ClaimNotReproduced) as info:
+        check_claims([make(False, name="a"), make(True, name="b"), make(False, name="c")])
+    assert [c.name for c in info.value.failed] == ["a", "c"]
+    assert "a:" in str(info.value) and "c:" in str(info.value) and "b:" not in str(info.value)
+
+
+def test_json_record_is_written_when_results_dir_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("LABKIT_SEED", "3")
+    with pytest.raises(ClaimNotReproduced):
+        check_claims([make(True, name="ok"), make(False, name="bad")], notebook="pillar/01_demo")
+    record = json.loads((tmp_path / "pillar_01_demo.json").read_text())
+    assert record["seed"] == "3"
+    assert [c["verdict"] for c in record["claims"]] == ["reproduced", "NOT REPRODUCED"]
+
+
+def test_claim_accepts_tensor_and_numpy_values_and_rejects_non_booleans():
+    c = Claim("t", "s", measured=torch.tensor(0.25), criterion="<1", holds=torch.tensor(True))
+    assert c.holds is True and c.measured == 0.25
+    c = Claim("n", "s", measured=np.float64(2.0), criterion="<1", holds=np.bool_(False), expected=False)
+    assert c.holds is False and not c.failed
+    with pytest.raises(TypeError, match="holds must be a boolean"):
+        Claim("x", "s", measured=1, criterion="c", holds="yes")
+    with pytest.raises(ValueError, match="criterion"):
+        Claim("x", "s", measured=1, criterion="", holds=True)
+
+
+def test_check_claims_rejects_empty_and_wrong_types():
+    with pytest.raises(ValueError, match="at least one"):
+        check_claims([])
+    with pytest.raises(TypeError, match="Claim objects"):
+        check_claims([("name", True)])
+
+
+def test_tables_escape_and_show_values():
+    c = Claim("a<b", "x & y", measured=[0.123456, 2], criterion="gap < 1%", holds=True, paper_value=0.9)
+    assert "a&lt;b" in claims_table_html([c])
+    assert "[0.1235, 2]" in claims_table_text([c])
