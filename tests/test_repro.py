@@ -12,8 +12,7 @@ def make(holds, expected=True, name="c"):
 
 
 def test_passing_claims_print_a_table_and_return(capsys):
-    out = check_claims([make(True, name="first"), make(False, expected=False, name="second")])
-    assert len(out) == 2
+    assert check_claims([make(True, name="first"), make(False, expected=False, name="second")]) is None
     text = capsys.readouterr().out
     assert "first" in text and "reproduced" in text and "not reproduced (known at this scale)" in text
 

@@ -147,7 +147,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         raise
 
 
-def check_claims(claims: Sequence[Claim], *, notebook: str | None = None) -> list[Claim]:
+def check_claims(claims: Sequence[Claim], *, notebook: str | None = None) -> None:
     """Show the claims, record them for ``labkit reproduce`` and raise if an expected one fails.
 
     ``notebook`` names the record; by default it comes from ``LABKIT_NOTEBOOK`` (set by the runner).
@@ -179,4 +179,3 @@ def check_claims(claims: Sequence[Claim], *, notebook: str | None = None) -> lis
     failed = [c for c in claims if c.failed]
     if failed:
         raise ClaimNotReproduced(failed)
-    return claims
