@@ -9,6 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.labkit-installed
 JOBS   ?= 2
+NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --nbval-kernel-startup-timeout=180
 SEED   ?= 0
 SCALE  ?= teach
 TOKEN  ?= $(shell $(PYTHON) -c "import secrets; print(secrets.token_hex(16))")
@@ -41,7 +42,7 @@ unit: install
 	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not notebook and not browser" tests
 
 notebooks: install
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup --nbval-lax -m notebook tests notebooks
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup $(NBVAL) -m notebook tests notebooks
 
 browser: install chromium
 	$(PY) -m pytest -m browser tests
@@ -49,7 +50,7 @@ browser: install chromium
 # The test command of the README (and of CI): everything, notebooks in parallel on $(JOBS) workers.
 test: install chromium
 	$(PY) -m ruff check src tests notebooks benchmarks
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup --nbval-lax --durations=15 tests notebooks
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup $(NBVAL) --durations=15 tests notebooks
 
 lab: install
 	@echo "JupyterLab on http://127.0.0.1:$(PORT)/lab?token=$(TOKEN)"
