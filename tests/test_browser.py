@@ -54,11 +54,19 @@ def jupyterlab(tmp_path):
     work = tmp_path / "lab"
     work.mkdir()
     shutil.copy(EXEMPLAR, work / EXEMPLAR.name)
+    # render every cell (JupyterLab's default windowing drops off-screen outputs from the DOM) and no news pop-up
+    settings = tmp_path / "settings"
+    for plugin, values in {"notebook-extension/tracker": '{"windowingMode": "none"}',
+                           "apputils-extension/notification": '{"fetchNews": "false"}'}.items():
+        target = settings / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(values)
     port, token = _free_port(), "labkit-browser-test"
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"), LABKIT_PROGRESS="0")
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}"]
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
+           f"--LabApp.user_settings_dir={settings}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
     log = open(tmp_path / "jupyterlab.log", "w")  # noqa: SIM115
