@@ -13,11 +13,12 @@ from labkit.data.xor import XorClusters, xor_clusters
 
 # name -> module that defines it (pillar data sets live in their own files)
 _LAZY = {
-    "block_digits": "labkit.data.block_digits",
-    "BlockDigits": "labkit.data.block_digits",
-    "two_digit_canvas": "labkit.data.block_digits",
+    "block_digits": "labkit.data.blocks",
+    "BlockDigits": "labkit.data.blocks",
+    "two_digit_canvas": "labkit.data.blocks",
     "modular_arithmetic": "labkit.data.modular",
     "ModularSplit": "labkit.data.modular",
+    "noisy_labels": "labkit.data.noise",
 }
 
 __all__ = ["Split", "XorClusters", "digits", "xor_clusters", *_LAZY]

@@ -1,0 +1,61 @@
+"""Gradient attributions: input-gradient methods, class activation maps and their evaluation metrics.
+
+Every method is a plain function ``f(model, x, target, *, ...)`` returning signed, unscaled tensors on
+the input's device; the caller's ``param.grad`` and train/eval modes are left as they were.
+"""
+
+from labkit.attributions.cam import (
+    conservation_error,
+    grad_cam,
+    grad_cam_pp,
+    layer_activation_and_grad,
+    norm_grad,
+    smooth_grad_cam_pp,
+    xgrad_cam,
+)
+from labkit.attributions.gradients import (
+    ig_points,
+    input_x_gradient,
+    integrated_gradients,
+    noise_scale,
+    saliency,
+    smoothgrad,
+)
+from labkit.attributions.metrics import (
+    Curve,
+    RoarResult,
+    deletion_curve,
+    feature_order,
+    infidelity,
+    insertion_curve,
+    max_sensitivity,
+    remove_features,
+    roar,
+)
+from labkit.attributions.robust import pgd_perturb
+
+__all__ = [
+    "Curve",
+    "RoarResult",
+    "conservation_error",
+    "deletion_curve",
+    "feature_order",
+    "grad_cam",
+    "grad_cam_pp",
+    "ig_points",
+    "infidelity",
+    "input_x_gradient",
+    "insertion_curve",
+    "integrated_gradients",
+    "layer_activation_and_grad",
+    "max_sensitivity",
+    "noise_scale",
+    "norm_grad",
+    "pgd_perturb",
+    "remove_features",
+    "roar",
+    "saliency",
+    "smooth_grad_cam_pp",
+    "smoothgrad",
+    "xgrad_cam",
+]

@@ -1,0 +1,154 @@
+"""Shared checks and the one gradient primitive every attribution method is built on."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+# Input elements per forward/backward chunk when chunk_size="auto" (measured on a 2-core CPU with a
+# small CNN: large enough that a Python loop over steps costs little on 8x8 inputs, small enough that
+# activations of a 28x28 batch stay in cache; see benchmarks/bench_attributions.py).
+AUTO_CHUNK_ELEMENTS = 2**18
+
+
+def check_model(model: object) -> None:
+    if not callable(model):
+        raise TypeError(f"model must be a callable (an nn.Module or function), got {type(model).__name__}")
+
+
+def check_input(x: object, name: str = "x") -> torch.Tensor:
+    """``x`` must be a finite floating tensor with a batch dimension."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(
+            f"{name} must have shape (N, ...) with N >= 1 and at least one feature dimension, "
+            f"got {tuple(x.shape)}"
+        )
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def check_target(target: object, n: int, device: torch.device) -> torch.Tensor:
+    """Return ``target`` as a LongTensor of shape (n,) on ``device`` (range against C is checked later)."""
+    if isinstance(target, bool):
+        raise TypeError("target must be an int or a LongTensor of shape (N,), got a bool")
+    if isinstance(target, int):
+        t = torch.full((n,), target, dtype=torch.long, device=device)
+    elif isinstance(target, torch.Tensor):
+        if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+            raise TypeError(f"target must be an integer tensor, got dtype {target.dtype}")
+        if target.ndim == 0:
+            t = target.to(device=device, dtype=torch.long).expand(n).clone()
+        elif target.shape != (n,):
+            raise ValueError(f"target must be an int or have shape (N,) = ({n},), got {tuple(target.shape)}")
+        else:
+            t = target.to(device=device, dtype=torch.long)
+    else:
+        raise TypeError(f"target must be an int or a LongTensor of shape (N,), got {type(target).__name__}")
+    if (t < 0).any():
+        raise ValueError(f"target must be a non-negative class index, got min {int(t.min())}")
+    return t
+
+
+def check_logits(out: object, rows: int, target: torch.Tensor) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != rows:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model(x) must return logits of shape (N, C) = ({rows}, C), got {shape}")
+    if int(target.max()) >= out.shape[1]:
+        raise ValueError(f"target must be < number of classes C={out.shape[1]}, got {int(target.max())}")
+    return out
+
+
+def target_score(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The (N,) logits of the target classes."""
+    out = check_logits(model(x), x.shape[0], target)
+    return out.gather(1, target[:, None]).squeeze(1)
+
+
+def input_grad(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the summed target score w.r.t. ``x`` (one autograd root for the whole batch).
+
+    Only the input is a differentiation leaf, so parameter ``.grad`` fields are never written.
+    Returns (gradient shaped like x, the (N,) scores).
+    """
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        score = target_score(model, xr, target)
+        (g,) = torch.autograd.grad(score.sum(), xr)
+    return g, score.detach()
+
+
+@contextmanager
+def eval_mode(model: object) -> Iterator[None]:
+    """Put an ``nn.Module`` in eval mode for the block and restore every submodule's flag afterwards."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def resolve_chunk(chunk_size: int | str, feature_numel: int) -> int:
+    """Rows (perturbed inputs) per forward/backward pass."""
+    if chunk_size == "auto":
+        return max(1, AUTO_CHUNK_ELEMENTS // max(1, feature_numel))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be 'auto' or a positive int, got {chunk_size!r}")
+    return chunk_size
+
+
+def chunks(n_points: int, n_examples: int, rows: int) -> Iterator[tuple[int, int, int, int]]:
+    """Yield (p0, p1, e0, e1): blocks of path points / noise samples x examples of about ``rows`` rows.
+
+    When a chunk holds every example, several points go together; otherwise each point is split
+    over example blocks. Points are always visited in order, so random draws per point are reproducible
+    whatever the chunk size.
+    """
+    if rows >= n_examples:
+        per = max(1, rows // n_examples)
+        for p0 in range(0, n_points, per):
+            yield p0, min(n_points, p0 + per), 0, n_examples
+    else:
+        for p in range(n_points):
+            for e0 in range(0, n_examples, rows):
+                yield p, p + 1, e0, min(n_examples, e0 + rows)
+
+
+def check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_nonneg_float(value: object, name: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return float(value)
+
+
+def check_generator(generator: object, device: torch.device) -> torch.Generator | None:
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but the input is on {device}")
+    return generator
