@@ -1,0 +1,214 @@
+"""Progress measures and diagnostics of grokking.
+
+- ``grok_step``: when the model memorized (train >= 99%) and when it generalized (test >= 95%) and
+  their ratio (Power et al., 2022, arXiv:2201.02177).
+- ``softmax_collapse_fraction`` and ``nlm_cosine``: Softmax Collapse and the alignment of the gradient
+  with the naive-loss-minimization direction (Prieto et al., 2025, arXiv:2501.04697).
+- ``fourier_power`` / ``fourier_concentration`` / ``key_frequencies``: how much of an embedding's
+  variation over residues lives in a few frequencies (Nanda et al., 2023, arXiv:2301.05217).
+- ``weight_norm`` and ``parameter_drift``: how large the weights are and how far they moved from a
+  reference (Tian, 2025, arXiv:2509.21519: lazy memorization keeps the hidden layer near its start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class GrokSummary:
+    """``memorize_step``: first evaluation with train accuracy >= threshold; ``generalize_step``: first
+    with test accuracy >= threshold; ``delay_ratio`` = generalize_step / max(memorize_step, 1)."""
+
+    memorize_step: int | None
+    generalize_step: int | None
+    train_threshold: float
+    test_threshold: float
+
+    @property
+    def memorized(self) -> bool:
+        return self.memorize_step is not None
+
+    @property
+    def grokked(self) -> bool:
+        return self.generalize_step is not None
+
+    @property
+    def delay_ratio(self) -> float | None:
+        if self.memorize_step is None or self.generalize_step is None:
+            return None
+        return self.generalize_step / max(self.memorize_step, 1)
+
+    def __str__(self) -> str:
+        ratio = "—" if self.delay_ratio is None else f"{self.delay_ratio:.1f}x"
+        return (f"train >= {self.train_threshold:.0%} at step {self.memorize_step}, "
+                f"test >= {self.test_threshold:.0%} at step {self.generalize_step} (delay ratio {ratio})")
+
+
+def grok_step(history: Any, *, train: str = "train_acc", test: str = "test_acc",
+              train_threshold: float = 0.99, test_threshold: float = 0.95) -> GrokSummary:
+    """Summarize a :class:`labkit.training.History` (or a mapping with "step", train, test lists)."""
+    for name, value in (("train_threshold", train_threshold), ("test_threshold", test_threshold)):
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    if isinstance(history, Mapping):
+        steps, tr, te = list(history["step"]), list(history[train]), list(history[test])
+    else:
+        steps, tr, te = history.steps, history[train], history[test]
+    if not (len(steps) == len(tr) == len(te)):
+        raise ValueError("steps, train and test columns must have the same length")
+    first = lambda vals, thr: next((int(s) for s, v in zip(steps, vals, strict=True) if v >= thr), None)  # noqa: E731
+    return GrokSummary(first(tr, train_threshold), first(te, test_threshold), train_threshold, test_threshold)
+
+
+def softmax_collapse_fraction(logits: torch.Tensor, target: torch.Tensor, *,
+                              dtype: torch.dtype = torch.float32) -> float:
+    """Share of examples in Softmax Collapse: their cross-entropy, computed in ``dtype``, is exactly 0.
+
+    In float32 the sum ``sum_j exp(z_j - z_max)`` rounds to exactly 1 once the other logits are about
+    17 below the top one (absorption); the loss and the gradient on the correct logit are then exactly
+    zero, so the example stops teaching the model anything (Prieto et al., 2025, section 3). Examples
+    whose top logit is not the target are never counted.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.is_floating_point():
+        got = getattr(logits, "shape", type(logits))
+        raise ValueError(f"logits must be a floating (N, C) tensor, got {got}")
+    if not isinstance(target, torch.Tensor) or target.dtype != torch.long or target.shape != logits.shape[:1]:
+        raise ValueError(f"target must be a LongTensor of shape ({logits.shape[0]},)")
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(logits.detach().to(dtype), target, reduction="none")
+        return (losses == 0).float().mean().item()
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def nlm_cosine(model: nn.Module, loss: Callable[[nn.Module], torch.Tensor] | torch.Tensor, *,
+               params: Sequence[torch.Tensor] | None = None) -> float:
+    """cos(-grad L, theta): alignment of the descent direction with the naive-loss-minimization direction.
+
+    Scaling all weights up scales the logits of a (near-)homogeneous network, which lowers the loss of a
+    fitted training set without changing predictions. Prieto et al. (2025) show the gradient aligns with
+    that direction (cosine near 1) after memorization. ``loss`` is a scalar tensor built from ``model``
+    or a callable ``loss(model)``. Uses ``torch.autograd.grad``: ``param.grad`` is left untouched.
+    """
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    with torch.enable_grad():
+        value = loss(model) if callable(loss) else loss
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise ValueError("loss must be a scalar tensor or a callable returning one")
+        grads = torch.autograd.grad(value, params, allow_unused=True)
+    g = _flat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads, strict=True)])
+    w = _flat([p.detach() for p in params])
+    return torch.nn.functional.cosine_similarity(-g, w, dim=0).item()
+
+
+def fourier_power(embedding: torch.Tensor) -> torch.Tensor:
+    """Power per frequency k = 0..p//2 of an embedding over the residues: (p, d) or (m, p, d) -> (p//2+1,).
+
+    ``|DFT_a E[a, :]|^2`` summed over the feature dimension (and over the leading tables, e.g. the two
+    operands of :class:`labkit.models.OneHotMLP`); frequencies k and p - k are merged.
+    """
+    if not isinstance(embedding, torch.Tensor) or embedding.ndim not in (2, 3):
+        got = getattr(embedding, "shape", None)
+        raise ValueError(f"embedding must have shape (p, d) or (m, p, d), got {got}")
+    e = embedding.detach().to(torch.float64)
+    if e.ndim == 2:
+        e = e.unsqueeze(0)
+    p = e.shape[1]
+    spec = torch.fft.rfft(e, dim=1).abs().pow(2).sum(dim=(0, 2))  # (p//2+1,)
+    # rfft keeps one of each pair (k, p-k): double those to count both (not k=0 nor k=p/2 for even p)
+    weights = torch.full_like(spec, 2.0)
+    weights[0] = 1.0
+    if p % 2 == 0:
+        weights[-1] = 1.0
+    return (spec * weights / p).to(embedding.dtype if embedding.is_floating_point() else torch.float32)
+
+
+def fourier_concentration(embedding: torch.Tensor, *, top_k: int = 5) -> float:
+    """Share of the embedding's non-constant Fourier power in its ``top_k`` strongest frequencies.
+
+    A random embedding spreads power over all p//2 frequencies (about top_k / (p//2)); the
+    generalizing solution for modular addition uses a handful of key frequencies (close to 1).
+    """
+    power = fourier_power(embedding)[1:]
+    if not 1 <= top_k <= power.numel():
+        raise ValueError(f"top_k must be in [1, {power.numel()}], got {top_k}")
+    total = power.sum()
+    if total <= 0:
+        return 0.0
+    return (power.topk(top_k).values.sum() / total).item()
+
+
+def key_frequencies(embedding: torch.Tensor, *, top_k: int = 5) -> list[int]:
+    """The ``top_k`` frequencies (1..p//2) with the most power, strongest first."""
+    power = fourier_power(embedding)[1:]
+    if not 1 <= top_k <= power.numel():
+        raise ValueError(f"top_k must be in [1, {power.numel()}], got {top_k}")
+    return [int(i) + 1 for i in power.topk(top_k).indices]
+
+
+def node_spectra(embedding: torch.Tensor) -> torch.Tensor:
+    """Per hidden node (column) Fourier power over the residues, frequencies 1..p//2: (width, p//2).
+
+    ``embedding`` is (p, width) or (m, p, width) (summed over the m tables); the constant is excluded.
+    """
+    if not isinstance(embedding, torch.Tensor) or embedding.ndim not in (2, 3):
+        raise ValueError(f"embedding must have shape (p, d) or (m, p, d), got {getattr(embedding, 'shape', None)}")
+    e = embedding.detach().to(torch.float64)
+    if e.ndim == 2:
+        e = e.unsqueeze(0)
+    return torch.fft.rfft(e, dim=1).abs().pow(2).sum(dim=0)[1: e.shape[1] // 2 + 1].T
+
+
+def feature_purity(embedding: torch.Tensor) -> float:
+    """Mean over hidden nodes of the share of a node's Fourier power in its strongest frequency.
+
+    Near 1 when every node has become a single-frequency (irreducible-representation) feature, as in
+    the independent feature-learning stage of Tian (2025); about 2-3 / (p//2) for random weights.
+    """
+    spec = node_spectra(embedding)
+    total = spec.sum(dim=1)
+    keep = total > 0
+    if not bool(keep.any()):
+        return 0.0
+    return (spec.max(dim=1).values[keep] / total[keep]).mean().item()
+
+
+def node_frequencies(embedding: torch.Tensor) -> torch.Tensor:
+    """The strongest frequency (1..p//2) of each hidden node: LongTensor (width,)."""
+    return node_spectra(embedding).argmax(dim=1) + 1
+
+
+def weight_norm(model: nn.Module | Sequence[torch.Tensor]) -> float:
+    """The L2 norm of all parameters together (what weight decay shrinks)."""
+    params = list(model.parameters()) if isinstance(model, nn.Module) else list(model)
+    if not params:
+        raise ValueError("no parameters to measure")
+    return torch.sqrt(sum(p.detach().double().pow(2).sum() for p in params)).item()
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's parameters by name (a reference for :func:`parameter_drift`)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def parameter_drift(model: nn.Module, reference: Mapping[str, torch.Tensor], *,
+                    names: Sequence[str] | None = None) -> float:
+    """Relative distance ||theta - theta_ref|| / ||theta_ref|| over the parameters ``names`` (default all)."""
+    current = dict(model.named_parameters())
+    names = list(names) if names is not None else list(reference)
+    missing = [n for n in names if n not in current or n not in reference]
+    if missing:
+        raise ValueError(f"unknown parameter names {missing}; model has {sorted(current)}")
+    diff = sum((current[n].detach().double() - reference[n].double()).pow(2).sum() for n in names)
+    base = sum(reference[n].double().pow(2).sum() for n in names)
+    return (torch.sqrt(diff) / torch.sqrt(base).clamp_min(1e-30)).item()

@@ -1,0 +1,111 @@
+"""StableMax and the cross-entropy losses of the grokking notebooks.
+
+Prieto, Barsbey, Mediano, Birdal (2025), *Grokking at the Edge of Numerical Stability*,
+arXiv:2501.04697. StableMax replaces ``exp`` in softmax with
+
+    s(x) = x + 1        for x >= 0
+    s(x) = 1 / (1 - x)  for x < 0,
+
+which grows linearly instead of exponentially, so the largest logit cannot swamp the others in
+floating point (no Softmax Collapse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("softmax", "softmax64", "stablemax", "mse")
+
+
+def _check_logits(logits: torch.Tensor, target: torch.Tensor | None = None) -> None:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError("logits must be a floating-point tensor")
+    if target is None:
+        return
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (N, C), got {tuple(logits.shape)}")
+    if not isinstance(target, torch.Tensor) or target.dtype != torch.long or target.shape != logits.shape[:1]:
+        got = f"{getattr(target, 'dtype', type(target).__name__)} {tuple(getattr(target, 'shape', ()))}"
+        raise ValueError(f"target must be a LongTensor of shape ({logits.shape[0]},), got {got}")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= logits.shape[1]):
+        raise ValueError(f"target values must lie in [0, {logits.shape[1]}), "
+                         f"got [{int(target.min())}, {int(target.max())}]")
+
+
+def stable_s(x: torch.Tensor) -> torch.Tensor:
+    """The StableMax map s(x): x + 1 for x >= 0, 1 / (1 - x) for x < 0 (always positive)."""
+    return torch.where(x >= 0, x + 1, 1 / (1 - torch.clamp(x, max=0)))
+
+
+def log_stable_s(x: torch.Tensor) -> torch.Tensor:
+    """log s(x) without overflow: log1p(x) for x >= 0, -log1p(-x) for x < 0."""
+    return torch.where(x >= 0, torch.log1p(torch.clamp(x, min=0)), -torch.log1p(-torch.clamp(x, max=0)))
+
+
+def stablemax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """StableMax probabilities s(x_i) / sum_j s(x_j) along ``dim`` (Prieto et al., 2025, eq. 5)."""
+    _check_logits(logits)
+    s = stable_s(logits)
+    return s / s.sum(dim=dim, keepdim=True)
+
+
+def log_stablemax(logits: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """log StableMax, computed as log s(x_i) - log sum_j s(x_j)."""
+    _check_logits(logits)
+    return log_stable_s(logits) - torch.log(stable_s(logits).sum(dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *,
+                            reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy with StableMax instead of softmax: -log(s(x_y) / sum_j s(x_j)) (Prieto et al., 2025).
+
+    Computed in float64 (as the paper's reference code does) and returned in the logits' dtype.
+    ``reduction`` is "mean", "sum" or "none".
+    """
+    _check_logits(logits, target)
+    losses = -log_stablemax(logits.double(), dim=-1).gather(1, target[:, None]).squeeze(1)
+    return _reduce(losses, reduction).to(logits.dtype)
+
+
+def softmax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, dtype: torch.dtype | None = None,
+                          reduction: str = "mean") -> torch.Tensor:
+    """Ordinary cross-entropy, optionally computed in ``dtype`` (float64 delays Softmax Collapse)."""
+    _check_logits(logits, target)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    work = logits if dtype is None else logits.to(dtype)
+    return F.cross_entropy(work, target, reduction=reduction).to(logits.dtype)
+
+
+def _reduce(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return losses.mean()
+    if reduction == "sum":
+        return losses.sum()
+    if reduction == "none":
+        return losses
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def mse_one_hot_loss(logits: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+    """Squared error to the one-hot target, 1/2 ||f(x) - e_y||^2 per example (the l2 loss of Tian, 2025)."""
+    _check_logits(logits, target)
+    one_hot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    return _reduce(0.5 * (logits - one_hot).pow(2).sum(dim=1), reduction)
+
+
+def classification_loss(kind: str = "softmax") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``loss(logits, target)`` for ``kind`` in "softmax" (float32), "softmax64" (float64), "stablemax"
+    or "mse" (squared error to one-hot targets)."""
+    if kind == "softmax":
+        return softmax_cross_entropy
+    if kind == "softmax64":
+        return lambda logits, target: softmax_cross_entropy(logits, target, dtype=torch.float64)
+    if kind == "stablemax":
+        return stablemax_cross_entropy
+    if kind == "mse":
+        return mse_one_hot_loss
+    raise ValueError(f"kind must be one of {LOSSES}, got {kind!r}")
