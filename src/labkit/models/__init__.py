@@ -12,6 +12,7 @@ _LAZY = {
     "OneLayerTransformer": "labkit.models.transformer",
     "MLPDenoiser": "labkit.models.denoisers",
     "DigitsDenoiser": "labkit.models.denoisers",
+    "NoisyClassifier": "labkit.models.denoisers",
 }
 
 __all__ = ["TwoLayerReLU", "cnn", "count_parameters", "mlp", *_LAZY]

@@ -1,0 +1,345 @@
+"""Gaussian mixtures with exact noisy densities, scores, denoisers and class posteriors.
+
+With data ``x0 ~ sum_k w_k N(mu_k, S_k)`` and ``x = x0 + sigma * eps`` (the EDM / variance-exploding
+convention of Karras et al., 2022), the noisy density is again a mixture,
+``p_sigma(x) = sum_k w_k N(x; mu_k, S_k + sigma^2 I)``, so every quantity a guidance method needs is
+available in closed form: the score ``grad log p_sigma``, the posterior mean ``E[x0 | x]`` (Tweedie:
+``x + sigma^2 * score``) and the exact noisy classifier ``p(y | x, sigma)``. Each covariance is stored
+through its eigendecomposition ``S_k = U_k diag(l_k) U_k^T``, which makes every noise level (also a
+different one per sample) cost the same as the clean density.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Label = int | torch.Tensor | None
+
+
+def as_sigma(sigma: float | torch.Tensor, n: int, *, like: torch.Tensor, allow_zero: bool = True) -> torch.Tensor:
+    """Noise levels as a float tensor of shape (n,) on ``like``'s device; validates the range."""
+    s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    if s.ndim == 0:
+        s = s.expand(n)
+    elif s.ndim == 1 and s.shape[0] == n:
+        pass
+    elif s.ndim == 1 and s.shape[0] == 1:
+        s = s.expand(n)
+    else:
+        raise ValueError(f"sigma must be a scalar or a tensor of shape ({n},), got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all():
+        raise ValueError("sigma must be finite")
+    if (s < 0).any() or (not allow_zero and (s == 0).any()):
+        raise ValueError(f"sigma must be {'>= 0' if allow_zero else '> 0'}, got min {float(s.min()):.4g}")
+    return s
+
+
+class GaussianMixture:
+    """A labelled Gaussian mixture in ``D`` dimensions with exact quantities at any noise level.
+
+    ``means`` (K, D); ``covariances`` (K, D, D) full, (K, D) diagonal or (K,) isotropic variances;
+    ``weights`` (K,) non-negative (normalised here); ``labels`` (K,) class of each component (default:
+    each component its own class). Noise convention: ``x = x0 + sigma * eps`` (Karras et al., 2022).
+    """
+
+    def __init__(
+        self,
+        means: torch.Tensor,
+        covariances: torch.Tensor,
+        weights: torch.Tensor,
+        *,
+        labels: torch.Tensor | list[int] | None = None,
+    ):
+        means = torch.as_tensor(means)
+        if not means.is_floating_point():
+            means = means.float()
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        k, d = means.shape
+        cov = torch.as_tensor(covariances, dtype=means.dtype, device=means.device)
+        if cov.shape == (k,):
+            cov = torch.diag_embed(cov[:, None].expand(k, d))
+        elif cov.shape == (k, d):
+            cov = torch.diag_embed(cov)
+        elif cov.shape != (k, d, d):
+            raise ValueError(
+                f"covariances must have shape ({k}, {d}, {d}), ({k}, {d}) or ({k},), got {tuple(cov.shape)}"
+            )
+        if not torch.allclose(cov, cov.transpose(-1, -2), atol=1e-6, rtol=1e-5):
+            raise ValueError("covariances must be symmetric")
+        w = torch.as_tensor(weights, dtype=means.dtype, device=means.device)
+        if w.shape != (k,):
+            raise ValueError(f"weights must have shape ({k},), got {tuple(w.shape)}")
+        if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
+            raise ValueError("weights must be finite, non-negative and not all zero")
+        if labels is None:
+            lab = torch.arange(k, device=means.device)
+        else:
+            lab = torch.as_tensor(labels, device=means.device)
+            if lab.shape != (k,) or lab.is_floating_point() or (lab < 0).any():
+                raise ValueError(f"labels must be {k} non-negative integers, got {labels!r}")
+        # diagonal covariances (the common case) skip the rotations: eigenvectors = identity
+        self.diagonal = bool((cov == torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))).all())
+        if self.diagonal:
+            evals, evecs = cov.diagonal(dim1=-2, dim2=-1).clone(), None
+        else:
+            evals, evecs = torch.linalg.eigh(cov)
+        if (evals < -1e-6 * evals.abs().max().clamp_min(1.0)).any():
+            raise ValueError("covariances must be positive semi-definite")
+        self.means, self.covariances, self.weights = means, cov, w / w.sum()
+        self.labels = lab.long()
+        self.evals, self.evecs = evals.clamp_min(0.0), evecs
+        self.isotropic = self.diagonal and bool((self.evals == self.evals[:, :1]).all())
+        self._mean_sq = (means * means).sum(1)
+
+    # ----------------------------------------------------------------- basic properties
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    def __repr__(self) -> str:
+        return (
+            f"GaussianMixture(components={self.num_components}, dim={self.dim}, "
+            f"classes={self.num_classes}, device={self.device})"
+        )
+
+    def to(self, device: str | torch.device) -> GaussianMixture:
+        return GaussianMixture(
+            self.means.to(device),
+            self.covariances.to(device),
+            self.weights.to(device),
+            labels=self.labels.to(device),
+        )
+
+    def mean(self) -> torch.Tensor:
+        """The mixture's mean (D,)."""
+        return self.weights @ self.means
+
+    def covariance(self) -> torch.Tensor:
+        """The mixture's covariance (D, D): within-component plus between-component spread."""
+        mu = self.mean()
+        centred = self.means - mu
+        return torch.einsum("k,kij->ij", self.weights, self.covariances) + torch.einsum(
+            "k,ki,kj->ij", self.weights, centred, centred
+        )
+
+    def gaussian_approximation(self) -> GaussianMixture:
+        """The single Gaussian with the mixture's mean and covariance (Wang & Vastola, 2024)."""
+        return GaussianMixture(
+            self.mean()[None],
+            self.covariance()[None],
+            torch.ones(1, device=self.device, dtype=self.means.dtype),
+            labels=torch.zeros(1, dtype=torch.long, device=self.device),
+        )
+
+    def conditional(self, label: int) -> GaussianMixture:
+        """The mixture of the components with class ``label`` (weights renormalised, labels kept)."""
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise TypeError(f"label must be an int, got {type(label).__name__}")
+        keep = self.labels == label
+        if not keep.any():
+            raise ValueError(f"label must be one of {sorted(set(self.labels.tolist()))}, got {label}")
+        return GaussianMixture(self.means[keep], self.covariances[keep], self.weights[keep], labels=self.labels[keep])
+
+    def class_prior(self) -> torch.Tensor:
+        """p(y) for y = 0..num_classes-1."""
+        return torch.zeros(self.num_classes, dtype=self.weights.dtype, device=self.device).index_add_(
+            0, self.labels, self.weights
+        )
+
+    # ----------------------------------------------------------------- sampling
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        sigma: float = 0.0,
+        return_components: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``n`` samples (n, D) of the data (``sigma=0``) or of the noisy marginal at ``sigma``.
+
+        With ``return_components=True`` also returns each sample's component index (n,).
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+        if not math.isfinite(float(sigma)) or float(sigma) < 0:
+            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, device=self.device, dtype=self.means.dtype)
+        if self.diagonal:
+            x = self.means[comp] + self.evals[comp].sqrt() * z
+        else:
+            scale = self.evecs[comp] * self.evals[comp].sqrt()[:, None, :]
+            x = self.means[comp] + torch.einsum("nij,nj->ni", scale, z)
+        if sigma > 0:
+            x = x + sigma * torch.randn(n, self.dim, generator=generator, device=self.device, dtype=x.dtype)
+        return (x, comp) if return_components else x
+
+    # ----------------------------------------------------------------- exact noisy quantities
+    def _check_x(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (N, {self.dim}), got {tuple(x.shape)}")
+        return x.to(self.means.dtype) if x.dtype != self.means.dtype else x
+
+    def _label_mask(self, label: Label, n: int) -> torch.Tensor | None:
+        """(n, K) bool mask of components allowed by ``label`` (None: all)."""
+        if label is None:
+            return None
+        lab = torch.as_tensor(label, device=self.device)
+        if lab.is_floating_point():
+            raise TypeError("label must be an int or an integer tensor")
+        if lab.ndim == 0:
+            lab = lab.expand(n)
+        if lab.shape != (n,):
+            raise ValueError(f"label must be an int or a tensor of shape ({n},), got shape {tuple(lab.shape)}")
+        if ((lab < 0) | (lab >= self.num_classes)).any():
+            raise ValueError(f"label must be in 0..{self.num_classes - 1}")
+        return lab[:, None] == self.labels[None, :]
+
+    def _terms(self, x: torch.Tensor, sigma: float | torch.Tensor, label: Label, *, allow_zero: bool = True):
+        """Per-component log joint (N, K) and whitened residuals for the score."""
+        x = self._check_x(x)
+        n = x.shape[0]
+        s = as_sigma(sigma, n, like=x, allow_zero=allow_zero)
+        if n > 1 and bool((s == s[0]).all()):  # one noise level (the samplers' case): per-component work once
+            s = s[:1]
+        s2 = s[:, None, None] ** 2
+        if self.isotropic:  # (N, K) work only: squared distances through one matrix product
+            lam = self.evals[None, :, 0] + s2[:, :, 0]  # (N, K)
+            if (lam <= 0).any():
+                raise ValueError("sigma must be > 0 for a mixture with singular covariances")
+            sq = ((x * x).sum(1)[:, None] + self._mean_sq[None] - 2 * x @ self.means.T).clamp_min(0.0)
+            log_norm = -0.5 * (sq / lam + self.dim * (lam.log() + math.log(2 * math.pi)))
+            log_joint = self.weights.log()[None] + log_norm
+            mask = self._label_mask(label, n)
+            if mask is not None:
+                log_joint = log_joint.masked_fill(~mask, -math.inf)
+            return x, log_joint, None, lam
+        lam = self.evals[None] + s2  # (N, K, D)
+        if (lam <= 0).any():
+            raise ValueError("sigma must be > 0 for a mixture with singular covariances")
+        z = x[:, None, :] - self.means[None]
+        if not self.diagonal:
+            z = torch.einsum("kji,nkj->nki", self.evecs, z)  # U^T (x - mu)
+        log_det = lam.log().sum(-1)
+        log_norm = -0.5 * ((z**2 / lam).sum(-1) + log_det + self.dim * math.log(2 * math.pi))
+        log_joint = self.weights.log()[None] + log_norm  # (N, K)
+        mask = self._label_mask(label, n)
+        if mask is not None:
+            log_joint = log_joint.masked_fill(~mask, -math.inf)
+        return x, log_joint, z, lam
+
+    def log_prob(self, x: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, label: Label = None) -> torch.Tensor:
+        """log p_sigma(x) (N,); with ``label`` the class-conditional density log p_sigma(x | y)."""
+        _, log_joint, _, _ = self._terms(x, sigma, label)
+        out = torch.logsumexp(log_joint, dim=1)
+        if label is not None:
+            mask = self._label_mask(label, x.shape[0])
+            out = out - torch.logsumexp(self.weights.log()[None].masked_fill(~mask, -math.inf), dim=1)
+        return out
+
+    def responsibilities(
+        self, x: torch.Tensor, sigma: float | torch.Tensor = 0.0, *, label: Label = None
+    ) -> torch.Tensor:
+        """Posterior over components p(k | x, sigma[, y]) (N, K)."""
+        _, log_joint, _, _ = self._terms(x, sigma, label)
+        return torch.softmax(log_joint, dim=1)
+
+    def score(self, x: torch.Tensor, sigma: float | torch.Tensor, *, label: Label = None) -> torch.Tensor:
+        """grad_x log p_sigma(x [| y]) (N, D), exactly."""
+        x, log_joint, z, lam = self._terms(x, sigma, label)
+        resp = torch.softmax(log_joint, dim=1)  # (N, K)
+        if z is None:  # isotropic: -sum_k r_k (x - mu_k) / lam_k
+            rl = resp / lam
+            return rl @ self.means - x * rl.sum(1, keepdim=True)
+        scaled = z / lam
+        if self.diagonal:  # sum_k r_k * (-(x - mu_k) / lam_k) without forming a rotation
+            return -torch.einsum("nk,nki->ni", resp, scaled)
+        comp_scores = -torch.einsum("kij,nkj->nki", self.evecs, scaled)  # -S_sigma^-1 (x - mu)
+        return torch.einsum("nk,nki->ni", resp, comp_scores)
+
+    def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor, label: Label = None) -> torch.Tensor:
+        """The posterior mean E[x0 | x, sigma[, y]] = x + sigma^2 * score (Tweedie's formula).
+
+        The signature ``(x, sigma, label=None)`` is the denoiser interface of the samplers.
+        """
+        x = self._check_x(x)
+        s = as_sigma(sigma, x.shape[0], like=x, allow_zero=False)
+        return x + s[:, None] ** 2 * self.score(x, s, label=label)
+
+    __call__ = denoise
+
+    def log_class_posterior(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """log p(y | x, sigma) (N, num_classes): the exact noisy classifier's log-probabilities."""
+        _, log_joint, _, _ = self._terms(x, sigma, None)
+        log_post = log_joint - torch.logsumexp(log_joint, dim=1, keepdim=True)
+        out = torch.full((x.shape[0], self.num_classes), -math.inf, dtype=log_post.dtype, device=log_post.device)
+        for c in range(self.num_classes):
+            sel = self.labels == c
+            if sel.any():
+                out[:, c] = torch.logsumexp(log_post[:, sel], dim=1)
+        return out
+
+    def class_posterior(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """p(y | x, sigma) (N, num_classes), exactly."""
+        return self.log_class_posterior(x, sigma).exp()
+
+    def classifier(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """The exact noisy classifier as logits (= log-posteriors), the interface of classifier guidance."""
+        return self.log_class_posterior(x, sigma)
+
+    def assign(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable component of each clean sample (N,) (for per-mode mass)."""
+        return self.responsibilities(x, 0.0 if (self.evals > 0).all() else 1e-3).argmax(dim=1)
+
+
+def ring_mixture(
+    num_classes: int = 2,
+    modes_per_class: int = 3,
+    *,
+    radius: float = 4.0,
+    std: float = 0.35,
+    spread: float = 1.2,
+    device: str | torch.device = "cpu",
+) -> GaussianMixture:
+    """A 2-D teaching mixture: each class owns ``modes_per_class`` equal-weight isotropic modes.
+
+    Class ``c`` owns the ray at angle ``2 pi c / num_classes``; its modes sit on that ray at distances
+    ``radius + (j - (m - 1) / 2) * spread`` from the origin, so mode ``j = 0`` is the class's "inner"
+    mode, nearest the other classes: the mode that strong guidance starves first.
+    """
+    if num_classes < 1 or modes_per_class < 1:
+        raise ValueError("num_classes and modes_per_class must be positive")
+    if std <= 0 or radius <= 0:
+        raise ValueError("std and radius must be positive")
+    means, labels = [], []
+    for c in range(num_classes):
+        base = 2 * math.pi * c / num_classes
+        for j in range(modes_per_class):
+            offset = (j - (modes_per_class - 1) / 2) * spread
+            r = radius + offset
+            means.append([r * math.cos(base), r * math.sin(base)])
+            labels.append(c)
+    k = len(means)
+    return GaussianMixture(
+        torch.tensor(means, device=device),
+        torch.full((k,), std**2, device=device),
+        torch.ones(k, device=device),
+        labels=torch.tensor(labels, device=device),
+    )

@@ -1,0 +1,82 @@
+"""Noise-level schedules in the sigma (variance-exploding) parameterisation ``x = x0 + sigma * eps``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def karras_sigmas(
+    steps: int,
+    *,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    append_zero: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The EDM schedule of Karras et al. (2022), eq. 5: ``steps`` levels from ``sigma_max`` down to
+    ``sigma_min``, evenly spaced in ``sigma^(1/rho)``, followed by a final 0 (``append_zero``).
+
+    Karras, Aittala, Aila, Laine, *Elucidating the Design Space of Diffusion-Based Generative Models*,
+    NeurIPS 2022, https://arxiv.org/abs/2206.00364.
+    """
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    if rho <= 0:
+        raise ValueError(f"rho must be positive, got {rho}")
+    if steps == 1:
+        sig = torch.tensor([sigma_max], dtype=torch.float64)
+    else:
+        ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+        lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+        sig = (hi + ramp * (lo - hi)) ** rho
+    if append_zero:
+        sig = torch.cat([sig, sig.new_zeros(1)])
+    return sig.to(device=device, dtype=dtype)
+
+
+def ddpm_sigmas(
+    steps: int,
+    *,
+    train_steps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    append_zero: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The linear-beta DDPM schedule (Ho et al., 2020) in sigma form, ``sigma = sqrt((1 - abar) / abar)``,
+    subsampled to ``steps`` evenly spaced timesteps (DDIM's "uniform" skipping), highest first.
+
+    A VP sample ``z_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` is ``sqrt(abar) * x_sigma``, so the DDPM /
+    DDIM samplers in :mod:`labkit.diffusion.samplers` run on these sigmas unchanged.
+    """
+    if not isinstance(steps, int) or steps < 1 or not isinstance(train_steps, int) or steps > train_steps:
+        raise ValueError(f"need 1 <= steps <= train_steps, got steps={steps!r}, train_steps={train_steps!r}")
+    if not 0 < beta_start < beta_end < 1:
+        raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
+    betas = torch.linspace(beta_start, beta_end, train_steps, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, dim=0)
+    sig_all = ((1 - abar) / abar).sqrt()
+    idx = torch.linspace(train_steps - 1, 0, steps, dtype=torch.float64).round().long()
+    sig = sig_all[idx]
+    if append_zero:
+        sig = torch.cat([sig, sig.new_zeros(1)])
+    return sig.to(device=device, dtype=dtype)
+
+
+def check_sigmas(sigmas: torch.Tensor | list[float]) -> torch.Tensor:
+    """Validate a sampling schedule: 1-D, at least two levels, finite, >= 0, strictly decreasing."""
+    s = torch.as_tensor(sigmas)
+    if s.ndim != 1 or s.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D tensor with at least two noise levels, got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all() or (s < 0).any():
+        raise ValueError("sigmas must be finite and >= 0")
+    if not (s[1:] < s[:-1]).all():
+        raise ValueError("sigmas must be strictly decreasing (highest noise first)")
+    return s
