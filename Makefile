@@ -58,6 +58,7 @@ lab: install
 	  $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 bench: install
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r benchmarks/requirements.txt
 	$(PY) benchmarks/run.py
 
 strip: install

@@ -1,0 +1,357 @@
+"""Curvature as a linear operator: Hessian- and Gauss-Newton-vector products of the mean loss.
+
+The operators act on flat vectors of length ``op.numel`` (parameters concatenated in ``op.params``
+order), like hessian-eigenthings / curvlinops. They never read or write the caller's ``param.grad``
+and never change parameters: only ``torch.autograd.grad`` / ``torch.func`` are used.
+
+Reference for Hessian-vector products: Pearlmutter, *Fast Exact Multiplication by the Hessian*,
+Neural Computation 1994.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+BACKENDS = ("double_backward", "double_backward_fresh", "func")
+
+
+def as_batches(data: Any) -> list[Batch]:
+    """Normalise ``data`` to a list of ``(inputs, targets)`` batches.
+
+    ``data`` is one ``(inputs, targets)`` pair of tensors or an iterable of such pairs (a list, a
+    ``DataLoader``...). Raises ``ValueError`` for empty data and ``TypeError`` for anything else.
+    """
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        batches = [tuple(data)]
+    else:
+        if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
+            raise TypeError(
+                "data must be an (inputs, targets) pair of tensors or an iterable of such pairs, "
+                f"got {type(data).__name__}"
+            )
+        batches = []
+        for i, batch in enumerate(data):
+            if not (
+                isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)
+            ):
+                raise TypeError(
+                    f"data batch {i} must be an (inputs, targets) pair of tensors, got {type(batch).__name__}"
+                )
+            batches.append(tuple(batch))
+    batches = [b for b in batches if len(b[0]) > 0]
+    if not batches:
+        raise ValueError("data is empty: expected at least one non-empty (inputs, targets) batch")
+    for i, (x, y) in enumerate(batches):
+        if len(x) != len(y):
+            raise ValueError(f"data batch {i}: inputs have {len(x)} rows but targets have {len(y)}")
+    return batches  # type: ignore[return-value]
+
+
+def resolve_params(model: nn.Module, params: Sequence[nn.Parameter] | None) -> list[nn.Parameter]:
+    """The parameters to differentiate: ``params`` (checked to belong to ``model``) or all trainable ones."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    owned = {id(p) for p in model.parameters()}
+    if params is None:
+        chosen = [p for p in model.parameters() if p.requires_grad]
+    else:
+        chosen = list(params)
+        for i, p in enumerate(chosen):
+            if not isinstance(p, torch.Tensor) or id(p) not in owned:
+                raise ValueError(f"params[{i}] is not a parameter of model")
+        if len({id(p) for p in chosen}) != len(chosen):
+            raise ValueError("params lists the same parameter twice")
+    if not chosen:
+        raise ValueError("no parameters to differentiate: model has no trainable parameters (or params is empty)")
+    return chosen
+
+
+def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors into one flat vector."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Split a flat vector into views shaped like ``like``."""
+    out, i = [], 0
+    for t in like:
+        n = t.numel()
+        out.append(vector[i : i + n].view_as(t))
+        i += n
+    return out
+
+
+@contextmanager
+def model_mode(model: nn.Module, train: bool):
+    """Temporarily put ``model`` (and every submodule) in train/eval mode; restore each module's mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train(train)
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
+def checked_loss(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    loss = loss_fn(outputs, targets)
+    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar tensor (mean loss of the batch), got {shape}")
+    return loss
+
+
+class CurvatureOperator:
+    """Base class: a symmetric ``numel x numel`` operator on flat vectors (``op @ v``, ``op.matvec(v)``)."""
+
+    model: nn.Module
+    params: list[nn.Parameter]
+    numel: int
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Any,
+        *,
+        params: Sequence[nn.Parameter] | None = None,
+        train_mode: bool = False,
+    ):
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.params = resolve_params(model, params)
+        self.batches = as_batches(data)
+        self.train_mode = bool(train_mode)
+        self.numel = sum(p.numel() for p in self.params)
+        self.num_examples = sum(len(x) for x, _ in self.batches)
+        self.weights = [len(x) / self.num_examples for x, _ in self.batches]
+        self.dtype = self.params[0].dtype
+        self.device = self.params[0].device
+        self.matvecs = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.numel, self.numel)
+
+    def _batch(self, i: int) -> Batch:
+        x, y = self.batches[i]
+        return x.to(self.device), y.to(self.device)
+
+    def _check_vector(self, v: torch.Tensor) -> torch.Tensor:
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
+        if v.ndim != 1 or v.shape[0] != self.numel:
+            raise ValueError(f"v must be a flat vector of length {self.numel} (op.numel), got shape {tuple(v.shape)}")
+        return v.to(device=self.device, dtype=self.dtype).contiguous()
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """The product of the operator with a flat vector ``v``; returned in ``v``'s dtype."""
+        w = self._check_vector(v)
+        self.matvecs += 1
+        if getattr(self, "_cached_grad", None) is not None:  # the graph is built: no forward pass, no mode switch
+            return self._matvec(w).detach().to(v.dtype)
+        with model_mode(self.model, self.train_mode):
+            out = self._matvec(w)
+        return out.detach().to(v.dtype)
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Apply the operator to each column of a ``(numel, m)`` matrix."""
+        if vectors.ndim != 2 or vectors.shape[0] != self.numel:
+            raise ValueError(f"vectors must have shape ({self.numel}, m), got {tuple(vectors.shape)}")
+        return torch.stack([self.matvec(vectors[:, j]) for j in range(vectors.shape[1])], dim=1)
+
+    def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        if isinstance(v, torch.Tensor) and v.ndim == 2:
+            return self.matmat(v)
+        return self.matvec(v)
+
+    def to_dense(self) -> torch.Tensor:
+        """Materialise the operator column by column (``numel`` products; small models only)."""
+        eye = torch.eye(self.numel, dtype=self.dtype, device=self.device)
+        return self.matmat(eye)
+
+    def loss(self) -> float:
+        """The mean loss over the data (batches weighted by their size)."""
+        total = 0.0
+        with torch.no_grad(), model_mode(self.model, self.train_mode):
+            for i, w in enumerate(self.weights):
+                x, y = self._batch(i)
+                total += w * float(checked_loss(self.loss_fn, self.model(x), y))
+        return total
+
+    def gradient(self) -> torch.Tensor:
+        """The flat gradient of the mean loss (never stored in ``param.grad``)."""
+        grads = [torch.zeros_like(p) for p in self.params]
+        with model_mode(self.model, self.train_mode):
+            for i, w in enumerate(self.weights):
+                x, y = self._batch(i)
+                loss = checked_loss(self.loss_fn, self.model(x), y)
+                for acc, g in zip(grads, torch.autograd.grad(loss, self.params, allow_unused=True), strict=True):
+                    if g is not None:
+                        acc.add_(g, alpha=w)
+        return flatten(grads)
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(numel={self.numel}, batches={len(self.batches)}, examples={self.num_examples})"
+
+
+def _zeros_if_none(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like, strict=True)]
+
+
+class HessianOperator(CurvatureOperator):
+    """The Hessian of the mean loss over ``data`` with respect to ``params`` as a linear operator.
+
+    ``op @ v`` returns ``H v`` for a flat vector ``v`` of length ``op.numel``. ``data`` is an
+    ``(inputs, targets)`` pair or an iterable of batches; each batch's mean loss is weighted by its
+    size, so an uneven last batch counts right. ``loss_fn(outputs, targets)`` returns the batch mean.
+
+    Backends (same numbers, different cost):
+
+    - ``"double_backward"`` (default): the gradient graph is built once, at construction, and each
+      product is one extra backward pass (Pearlmutter's trick). Fastest on CPU; a snapshot of the
+      current parameters (rebuild the operator after changing them; an in-place change raises).
+    - ``"double_backward_fresh"``: forward + double backward for every product (low memory, always current).
+    - ``"func"``: ``torch.func`` forward-over-reverse (``jvp`` of ``grad``); falls back to
+      reverse-over-reverse for losses whose backward is not forward-differentiable (``F.mse_loss``).
+
+    The model runs in eval mode during products unless ``train_mode=True`` (its modes are restored).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Any,
+        *,
+        params: Sequence[nn.Parameter] | None = None,
+        backend: str = "double_backward",
+        train_mode: bool = False,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        super().__init__(model, loss_fn, data, params=params, train_mode=train_mode)
+        self.backend = backend
+        self._cached_grad: list[torch.Tensor] | None = None
+        if backend == "double_backward":
+            self._build_cache()
+        elif backend == "func":
+            names = {id(p): n for n, p in model.named_parameters()}
+            self._names = [names[id(p)] for p in self.params]
+            self._forward_over_reverse = True
+
+    def _build_cache(self) -> None:
+        total: list[torch.Tensor] | None = None
+        with model_mode(self.model, self.train_mode):
+            for i, w in enumerate(self.weights):
+                x, y = self._batch(i)
+                loss = checked_loss(self.loss_fn, self.model(x), y)
+                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                grads = [g * w for g in _zeros_if_none(grads, self.params)]
+                total = grads if total is None else [a + b for a, b in zip(total, grads, strict=True)]
+        self._cached_grad = total
+
+    def _hvp_from_grads(self, grads: Sequence[torch.Tensor], v: torch.Tensor, retain: bool) -> list[torch.Tensor]:
+        vs = unflatten(v, self.params)
+        pairs = [(g, u) for g, u in zip(grads, vs, strict=True) if g.requires_grad]
+        if not pairs:  # the loss is linear in params: zero Hessian
+            return [torch.zeros_like(p) for p in self.params]
+        # vector-Jacobian product of the gradient with v (Pearlmutter): no extra dot-product graph
+        hv = torch.autograd.grad(
+            [g for g, _ in pairs], self.params, [u for _, u in pairs], retain_graph=retain, allow_unused=True
+        )
+        return _zeros_if_none(hv, self.params)
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        if self.backend == "double_backward":
+            assert self._cached_grad is not None
+            return flatten(self._hvp_from_grads(self._cached_grad, v, retain=True))
+        if self.backend == "double_backward_fresh":
+            out = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+            for i, w in enumerate(self.weights):
+                x, y = self._batch(i)
+                loss = checked_loss(self.loss_fn, self.model(x), y)
+                grads = _zeros_if_none(
+                    torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True), self.params
+                )
+                out.add_(flatten(self._hvp_from_grads(grads, v, retain=False)), alpha=w)
+            return out
+        return self._func_matvec(v)
+
+    def _func_matvec(self, v: torch.Tensor) -> torch.Tensor:
+        from torch.func import functional_call, grad, jvp
+
+        primals = tuple(p.detach() for p in self.params)
+        tangents = tuple(unflatten(v, self.params))
+        out = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+        for i, w in enumerate(self.weights):
+            x, y = self._batch(i)
+
+            def loss_of(ps: tuple[torch.Tensor, ...], x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+                outputs = functional_call(self.model, dict(zip(self._names, ps, strict=True)), (x,))
+                return checked_loss(self.loss_fn, outputs, y)
+
+            if self._forward_over_reverse:
+                try:
+                    _, hv = jvp(grad(loss_of), (primals,), (tangents,))
+                except RuntimeError as exc:  # some losses (e.g. F.mse_loss) lack a forward-mode-safe backward
+                    if "ZeroTensor" not in str(exc):
+                        raise
+                    self._forward_over_reverse = False
+            if not self._forward_over_reverse:  # reverse-over-reverse fallback, same numbers
+
+                def directional(ps: tuple[torch.Tensor, ...], loss_of: Any = loss_of) -> torch.Tensor:
+                    return sum((g * t).sum() for g, t in zip(grad(loss_of)(ps), tangents, strict=True))
+
+                hv = grad(directional)(primals)
+            out.add_(flatten(hv), alpha=w)
+        return out
+
+
+class GGNOperator(CurvatureOperator):
+    """The generalized Gauss-Newton matrix ``G = mean_i J_i^T H_L,i J_i`` of the mean loss.
+
+    ``J`` is the Jacobian of the model outputs with respect to ``params`` and ``H_L`` the Hessian of the
+    loss with respect to the outputs. For cross-entropy (or squared error) ``H_L`` is positive
+    semi-definite, so ``G`` is too; ``H = G + (terms weighted by the loss gradient)``, and the outliers
+    of the Hessian spectrum come from ``G`` (Sagun et al. 2017; Papyan 2019, arXiv:1901.08244).
+    Each product costs one forward pass and three backward passes per batch.
+    """
+
+    def _matvec(self, v: torch.Tensor) -> torch.Tensor:
+        vs = unflatten(v, self.params)
+        out = torch.zeros(self.numel, dtype=self.dtype, device=self.device)
+        for i, w in enumerate(self.weights):
+            x, y = self._batch(i)
+            outputs = self.model(x)
+            loss = checked_loss(self.loss_fn, outputs, y)
+            (g_out,) = torch.autograd.grad(loss, outputs, create_graph=True)
+            # J v by the double-vjp trick: u -> J^T u is linear in u, differentiate it along v.
+            u = torch.zeros_like(outputs, requires_grad=True)
+            jt_u = _zeros_if_none(
+                torch.autograd.grad(outputs, self.params, u, create_graph=True, allow_unused=True),
+                self.params,
+            )
+            dot = sum((a * b).sum() for a, b in zip(jt_u, vs, strict=True))
+            (jv,) = torch.autograd.grad(dot, u, retain_graph=True)
+            if g_out.requires_grad:
+                (hjv,) = torch.autograd.grad(g_out, outputs, jv, retain_graph=True)
+            else:  # loss linear in outputs
+                hjv = torch.zeros_like(outputs)
+            gv = _zeros_if_none(torch.autograd.grad(outputs, self.params, hjv, allow_unused=True), self.params)
+            out.add_(flatten(gv), alpha=w)
+        return out

@@ -1,0 +1,171 @@
+"""top_eigenvalues / hutchinson_trace / spectral_density against a materialised Hessian."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labkit.data import digits
+from labkit.hessian import HessianOperator, exact_hessian, hutchinson_trace, spectral_density, top_eigenvalues
+from labkit.models import mlp
+
+torch.set_num_threads(1)
+
+
+class Dense:
+    """A materialised symmetric matrix as an operator (to test the algorithms alone)."""
+
+    def __init__(self, matrix):
+        self.matrix = matrix
+        self.numel = matrix.shape[0]
+        self.dtype = matrix.dtype
+        self.device = matrix.device
+
+    def matvec(self, v):
+        return self.matrix @ v
+
+
+@pytest.fixture(scope="module")
+def digits_problem():
+    torch.manual_seed(0)
+    split = digits(seed=0)
+    x, y = split.train_x[:400], split.train_y[:400]
+    model = mlp(64, [12], 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    for p in model.parameters():
+        p.grad = None
+    hess = exact_hessian(model, F.cross_entropy, (x, y))
+    return model, x, y, hess, torch.linalg.eigvalsh(hess).flip(0)
+
+
+def test_lanczos_defaults_top3_of_digits_mlp_to_1e4(digits_problem):
+    model, x, y, _, exact = digits_problem
+    op = HessianOperator(model, F.cross_entropy, (x, y))  # float32, default backend
+    res = top_eigenvalues(op, k=3, generator=torch.Generator().manual_seed(0))
+    rel = (res.eigenvalues.double() - exact[:3]).abs() / exact[:3].abs()
+    assert rel.max() < 1e-4, rel
+    assert res.converged and res.residuals.shape == (3,) and (res.residuals < 1e-4).all()
+    assert res.eigenvectors.shape == (op.numel, 3)
+    gram = res.eigenvectors.double().T @ res.eigenvectors.double()
+    torch.testing.assert_close(gram, torch.eye(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    assert torch.all(res.eigenvalues[:-1] >= res.eigenvalues[1:])
+
+
+def test_power_iteration_with_deflation_matches(digits_problem):
+    model, x, y, hess, exact = digits_problem
+    res = top_eigenvalues(
+        Dense(hess), k=2, method="power", max_iter=3000, tol=1e-5, generator=torch.Generator().manual_seed(1)
+    )
+    rel = (res.eigenvalues - exact[:2]).abs() / exact[:2]
+    assert rel.max() < 1e-6 and res.converged
+
+
+def test_lanczos_on_matrix_with_known_spectrum_and_negative_eigenvalues():
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(60, 60, generator=g, dtype=torch.float64))
+    spectrum = torch.cat(
+        [
+            torch.tensor([10.0, 5.0, 4.0, -12.0], dtype=torch.float64),
+            torch.linspace(-1, 1, 56, dtype=torch.float64),
+        ]
+    )
+    a = q @ torch.diag(spectrum) @ q.T
+    res = top_eigenvalues(Dense(a), k=3, generator=g)
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([10.0, 5.0, 4.0], dtype=torch.float64))
+    mag = top_eigenvalues(Dense(a), k=1, which="magnitude", generator=g)
+    torch.testing.assert_close(mag.eigenvalues, torch.tensor([-12.0], dtype=torch.float64))
+    # k equal to the dimension exhausts the Krylov space and still returns everything
+    small = Dense(a[:5, :5])
+    full = top_eigenvalues(small, k=5, generator=g)
+    torch.testing.assert_close(full.eigenvalues, torch.linalg.eigvalsh(a[:5, :5]).flip(0))
+
+
+def test_unconverged_is_reported_not_hidden(digits_problem):
+    *_, hess, _ = digits_problem
+    res = top_eigenvalues(Dense(hess), k=3, max_iter=4, generator=torch.Generator().manual_seed(0))
+    assert not res.converged and res.residuals.max() > 1e-5
+
+
+def test_same_numbers_twice_with_same_generator(digits_problem):
+    model, x, y, *_ = digits_problem
+    runs = []
+    for _ in range(2):
+        op = HessianOperator(model, F.cross_entropy, (x, y))
+        eig = top_eigenvalues(op, k=2, generator=torch.Generator().manual_seed(5))
+        tr = hutchinson_trace(op, samples=10, generator=torch.Generator().manual_seed(5))
+        runs.append((eig.eigenvalues, tr.estimate))
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_trace_within_three_standard_errors(digits_problem, method):
+    model, x, y, hess, _ = digits_problem
+    op = HessianOperator(model, F.cross_entropy, (x, y))
+    res = hutchinson_trace(op, samples=90, method=method, generator=torch.Generator().manual_seed(2))
+    true = float(hess.trace())
+    assert res.stderr > 0
+    assert abs(res.estimate - true) < 3 * res.stderr, (res.estimate, true, res.stderr)
+    assert res.samples == 90
+
+
+def test_hutchpp_has_smaller_error_on_a_spiky_spectrum():
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(200, 200, generator=g, dtype=torch.float64))
+    spectrum = torch.cat([torch.tensor([100.0, 80.0, 60.0, 50.0]), torch.rand(196, generator=g)]).double()
+    a = Dense(q @ torch.diag(spectrum) @ q.T)
+    plain = hutchinson_trace(a, samples=60, generator=torch.Generator().manual_seed(0))
+    plus = hutchinson_trace(a, samples=60, method="hutch++", generator=torch.Generator().manual_seed(0))
+    assert plus.stderr < plain.stderr / 5
+    assert abs(plus.estimate - spectrum.sum()) < 3 * plus.stderr + 1e-9
+
+
+def test_density_integrates_to_one_and_mean_is_trace_over_p(digits_problem):
+    model, x, y, hess, exact = digits_problem
+    op = HessianOperator(model, F.cross_entropy, (x, y))
+    dens = spectral_density(op, vectors=8, steps=60, generator=torch.Generator().manual_seed(0))
+    assert abs(dens.integral() - 1) < 1e-3
+    assert dens.nodes.shape == (8, 60) and dens.weights.shape == (8, 60)
+    torch.testing.assert_close(dens.weights.sum(dim=1), torch.ones(8, dtype=torch.float64))
+    # mean over probes of v^T H v / ||v||^2 is unbiased for trace / P; allow 3 standard errors of the probes
+    per_probe = (dens.nodes * dens.weights).sum(dim=1)
+    se = float(per_probe.std() / math.sqrt(8))
+    assert abs(dens.mean - float(hess.trace()) / op.numel) < 3 * se + 1e-6
+    # extreme Ritz values converge to the extreme eigenvalues
+    assert abs(float(dens.nodes.max()) - float(exact[0])) < 1e-4 * float(exact[0])
+    # vectorised broadening equals the explicit double loop
+    grid = torch.linspace(-0.1, float(exact[0]) + 0.1, 50, dtype=torch.float64)
+    d2 = spectral_density(
+        op, vectors=2, steps=20, grid=grid, sigma=0.05, generator=torch.Generator().manual_seed(1)
+    )
+    loop = torch.zeros(50, dtype=torch.float64)
+    for i in range(2):
+        for j in range(20):
+            loop += (
+                d2.weights[i, j]
+                * torch.exp(-0.5 * ((grid - d2.nodes[i, j]) / 0.05) ** 2)
+                / (0.05 * math.sqrt(2 * math.pi))
+                / 2
+            )
+    torch.testing.assert_close(d2.density, loop)
+
+
+def test_spectrum_errors(digits_problem):
+    *_, hess, _ = digits_problem
+    op = Dense(hess[:10, :10])
+    with pytest.raises(ValueError, match="larger than the operator dimension"):
+        top_eigenvalues(op, k=11)
+    with pytest.raises(ValueError, match="k must be"):
+        top_eigenvalues(op, k=0)
+    with pytest.raises(ValueError, match="method"):
+        top_eigenvalues(op, method="arnoldi")
+    with pytest.raises(ValueError, match="samples"):
+        hutchinson_trace(op, samples=1)
+    with pytest.raises(ValueError, match="steps"):
+        spectral_density(op, vectors=2, steps=11)
+    with pytest.raises(TypeError, match="op must be"):
+        top_eigenvalues(hess)
