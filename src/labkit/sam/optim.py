@@ -1,0 +1,296 @@
+"""Sharpness-aware minimization: SAM, ASAM and norm-only SAM as one small optimizer wrapper.
+
+SAM (Foret et al., 2021, https://arxiv.org/abs/2010.01412) takes the gradient at the worst point of a
+rho-ball around the weights and applies it at the weights themselves:
+
+    e(w) = rho * g / ||g||,   w <- base_step(w, grad L(w + e(w))).
+
+ASAM (Kwon et al., 2021, https://arxiv.org/abs/2102.11600) measures the ball in the weight-scaled norm
+``||T^-1 e|| <= rho`` with ``T = |w| + eta``, which gives ``e = rho * T^2 g / ||T g||``. Norm-only SAM
+(Mueller et al., 2023, https://arxiv.org/abs/2306.04226) perturbs only the affine parameters of the
+normalization layers and still lets the base optimizer update every parameter.
+
+Corner cases this implementation guarantees (each is tested):
+
+* ``rho = 0`` reproduces the base optimizer bit for bit (``step`` then skips the second pass);
+* the perturbation has norm exactly ``rho`` (ASAM: weight-scaled norm ``rho``), and a zero gradient
+  gives no perturbation instead of NaNs;
+* the weights are restored by copy (not by subtracting ``e``), so they come back bit for bit;
+* parameters without a gradient are neither perturbed nor counted in the norm;
+* ``param_groups`` and ``state`` are the base optimizer's own objects, so LR schedulers act on the
+  base step and ``state_dict`` carries the base optimizer's momentum buffers and round-trips.
+
+BatchNorm policy (``bn``): the running statistics are a property of the weights ``w``, not of the
+perturbed ``w + e``. With ``model=`` given and ``bn="first"`` (default), ``step(closure)`` snapshots the
+running statistics of every BatchNorm module before the second pass and puts them back after it, so
+only the first pass updates them. ``bn="both"`` lets both passes update them (what a naive loop does).
+When you call ``first_step``/``second_step`` yourself, wrap the second forward pass in
+:func:`frozen_running_stats`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+_BN_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
+#: Module types whose affine parameters norm-only SAM perturbs (selected by type, never by name).
+NORM_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm1d/2d/3d, SyncBatchNorm, lazy variants, InstanceNorm
+    nn.LayerNorm,
+    nn.GroupNorm,
+) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+
+@contextmanager
+def frozen_running_stats(model: nn.Module | None) -> Iterator[None]:
+    """Run a block without changing the BatchNorm running statistics of ``model`` (restored by copy).
+
+    Use it around the second (perturbed) forward pass of a hand-written SAM loop. ``None`` is a no-op.
+    """
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if model is not None:
+        for module in model.modules():
+            if isinstance(module, _BN_TYPES):
+                for name in ("running_mean", "running_var", "num_batches_tracked"):
+                    buf = getattr(module, name, None)
+                    if isinstance(buf, torch.Tensor):
+                        saved.append((buf, buf.clone()))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, copy in saved:
+                buf.copy_(copy)
+
+
+def norm_parameters(
+    model: nn.Module, *, types: tuple[type[nn.Module], ...] = NORM_LAYER_TYPES
+) -> list[nn.Parameter]:
+    """The trainable affine parameters (weight and bias) of the normalization layers of ``model``.
+
+    Layers are recognised by module type (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm by
+    default), so renaming a layer cannot silently change the selection (Mueller et al., 2023).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    chosen: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, types):
+            for p in module.parameters(recurse=False):
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    chosen.append(p)
+    return chosen
+
+
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimization around any ``torch.optim`` base optimizer (Foret et al., 2021).
+
+    ``SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)`` builds the base
+    optimizer from ``base_kwargs`` on the same parameter groups. Use it as
+    ``loss = opt.step(closure)`` where the closure zeroes the gradients, computes the loss, calls
+    ``backward()`` and returns the loss (the returned loss is the one at the unperturbed weights), or
+    by hand: ``loss.backward(); opt.first_step(zero_grad=True); loss_fn().backward(); opt.second_step()``.
+
+    Options (keyword-only):
+
+    * ``rho``: radius of the ball (>= 0). ``rho = 0`` is exactly the base optimizer.
+    * ``adaptive``: ASAM (Kwon et al., 2021): the ball is ``||e / (|w| + adaptive_eta)|| <= rho``.
+    * ``perturb``: the parameters to perturb (default: all). Norm-only SAM passes the normalization
+      layers' affine parameters (see :func:`norm_only_sam`); the base step still updates all.
+    * ``ascent_weight_decay``: if True, the ascent direction is ``g + weight_decay * w`` (the gradient
+      of the L2-regularised loss, using each group's ``weight_decay``); if False (default) it is the
+      loss gradient ``g`` alone and weight decay acts only in the base (descent) step.
+    * ``model`` and ``bn``: the BatchNorm policy of ``step`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_optimizer_cls: type[torch.optim.Optimizer],
+        *,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        adaptive_eta: float = 0.0,
+        perturb: Iterable[torch.Tensor] | None = None,
+        ascent_weight_decay: bool = False,
+        model: nn.Module | None = None,
+        bn: str = "first",
+        **base_kwargs: Any,
+    ):
+        if not (isinstance(base_optimizer_cls, type)
+                and issubclass(base_optimizer_cls, torch.optim.Optimizer)):
+            raise TypeError("base_optimizer_cls must be a torch.optim.Optimizer subclass such as "
+                            f"torch.optim.SGD, got {base_optimizer_cls!r}")
+        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho >= 0 or rho == float("inf"):
+            raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
+        if not isinstance(adaptive_eta, (int, float)) or not adaptive_eta >= 0:
+            raise ValueError(f"adaptive_eta must be >= 0, got {adaptive_eta!r}")
+        if bn not in ("first", "both"):
+            raise ValueError("bn must be 'first' (running stats updated by the first pass only) or 'both', "
+                             f"got {bn!r}")
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+        params = list(params)
+        if not params:
+            raise ValueError("params is empty: SAM needs at least one parameter (or parameter group) "
+                             "to optimize")
+        defaults = dict(rho=float(rho), adaptive=bool(adaptive), adaptive_eta=float(adaptive_eta))
+        super().__init__(params, defaults)
+        self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
+        # One set of groups and one state for both: schedulers, state_dict and add_param_group see the base.
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+        self.defaults.update(self.base_optimizer.defaults)
+        self.ascent_weight_decay = bool(ascent_weight_decay)
+        self.model = model
+        self.bn = bn
+        all_ids = {id(p) for g in self.param_groups for p in g["params"]}
+        if perturb is None:
+            self._perturb_ids: set[int] | None = None
+        else:
+            perturb = list(perturb)
+            if not perturb:
+                raise ValueError("perturb is empty: pass None to perturb every parameter, "
+                                 "or at least one parameter")
+            ids = {id(p) for p in perturb}
+            if not ids <= all_ids:
+                raise ValueError("perturb must be a subset of the optimized params")
+            self._perturb_ids = ids
+        self._backup: dict[torch.Tensor, torch.Tensor] = {}
+        self._perturbed: list[torch.Tensor] = []
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the (shared) groups: SAM's options default to this optimizer's, the rest to the base's."""
+        if not hasattr(self, "base_optimizer"):  # during __init__: SAM's own bookkeeping
+            super().add_param_group(param_group)
+            return
+        for key in ("rho", "adaptive", "adaptive_eta"):
+            param_group.setdefault(key, self.defaults[key])
+        if param_group["rho"] < 0:
+            raise ValueError(f"rho must be >= 0, got {param_group['rho']!r}")
+        self.base_optimizer.add_param_group(param_group)
+
+    # -- the two half-steps --------------------------------------------------------------------------
+    def _ascent_terms(self) -> list[tuple[dict[str, Any], torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """(group, param, direction d, scale T or None) for every parameter SAM perturbs now."""
+        terms = []
+        for group in self.param_groups:
+            wd = group.get("weight_decay", 0.0) if self.ascent_weight_decay else 0.0
+            for p in group["params"]:
+                if p.grad is None or not p.requires_grad:
+                    continue
+                if self._perturb_ids is not None and id(p) not in self._perturb_ids:
+                    continue
+                d = p.grad.add(p, alpha=wd) if wd else p.grad
+                t = p.abs().add_(group["adaptive_eta"]) if group["adaptive"] else None
+                terms.append((group, p, d, t))
+        return terms
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Move to ``w + e(w)`` using the current gradients (kept in a backup for ``second_step``)."""
+        if self._perturbed:
+            raise RuntimeError("first_step called twice without second_step: "
+                               "the weights are already perturbed")
+        terms = self._ascent_terms()
+        if terms:
+            device = terms[0][1].device
+            norms = [torch.linalg.vector_norm(d if t is None else d * t).to(device) for _, _, d, t in terms]
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+            inv = torch.where(norm > 0, 1.0 / norm, torch.zeros_like(norm))  # zero gradient: no perturbation
+            for group, p, d, t in terms:
+                if group["rho"] == 0:
+                    continue
+                e = d * (inv.to(p.device) * group["rho"])
+                if t is not None:
+                    e.mul_(t).mul_(t)
+                buf = self._backup.get(p)
+                if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+                    buf = self._backup[p] = torch.empty_like(p)
+                buf.copy_(p)
+                p.add_(e)
+                self._perturbed.append(p)
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the weights back to the unperturbed ``w`` (bit for bit); a no-op when not perturbed."""
+        for p in self._perturbed:
+            p.copy_(self._backup[p])
+        self._perturbed = []
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore ``w`` and take the base optimizer's step with the gradients computed at ``w + e``."""
+        self.restore()
+        self.base_optimizer.step()
+        if zero_grad:
+            self.zero_grad()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
+        """One SAM step; ``closure`` zeroes grads, computes the loss, calls backward and returns the loss.
+
+        Returns the loss at the unperturbed weights (the first closure call).
+        """
+        if closure is None:
+            raise TypeError("SAM.step needs a closure that zeroes the grads, computes the loss, calls "
+                            "backward and returns the loss (or call first_step/second_step yourself)")
+        closure = torch.enable_grad()(closure)
+        loss = closure()
+        if all(g["rho"] == 0 for g in self.param_groups):
+            self.base_optimizer.step()  # rho = 0: exactly the base optimizer, no second pass
+            return loss
+        self.first_step(zero_grad=False)
+        try:
+            with frozen_running_stats(self.model if self.bn == "first" else None):
+                closure()
+        except BaseException:
+            self.restore()
+            raise
+        self.second_step()
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a ``state_dict()``; the groups and state stay shared with the base optimizer."""
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups
+        self.state = self.base_optimizer.state
+
+    def __repr__(self) -> str:
+        g = self.param_groups[0]
+        kind = "ASAM" if g["adaptive"] else "SAM"
+        scope = "all params" if self._perturb_ids is None else f"{len(self._perturb_ids)} perturbed tensors"
+        return f"{kind}(rho={g['rho']}, {scope}, base={self.base_optimizer!r})"
+
+
+def norm_only_sam(
+    model: nn.Module,
+    base_optimizer_cls: type[torch.optim.Optimizer],
+    *,
+    rho: float = 0.05,
+    adaptive: bool = False,
+    **kwargs: Any,
+) -> SAM:
+    """Norm-only SAM ("SAM-ON", Mueller et al., 2023, https://arxiv.org/abs/2306.04226).
+
+    Every trainable parameter of ``model`` is optimized, but only the affine parameters of its
+    normalization layers (chosen by module type, see :func:`norm_parameters`) are perturbed.
+    The BatchNorm policy of ``step`` is applied to ``model``.
+    """
+    chosen = norm_parameters(model)
+    if not chosen:
+        raise ValueError("model has no trainable normalization-layer parameters (BatchNorm, LayerNorm, "
+                         "GroupNorm, InstanceNorm, RMSNorm with affine=True); norm-only SAM has nothing "
+                         "to perturb")
+    params = [p for p in model.parameters() if p.requires_grad]
+    kwargs.setdefault("model", model)
+    return SAM(params, base_optimizer_cls, rho=rho, adaptive=adaptive, perturb=chosen, **kwargs)
