@@ -39,10 +39,10 @@ lint: install
 	$(PY) -m ruff check src tests notebooks benchmarks
 
 unit: install
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup -m "not notebook and not browser" tests
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -m "not notebook and not browser" tests
 
 notebooks: install
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup $(NBVAL) -m notebook tests notebooks
+	$(PY) -m pytest -n $(JOBS) --dist loadfile $(NBVAL) -m notebook tests notebooks
 
 browser: install chromium
 	$(PY) -m pytest -m browser tests
@@ -50,7 +50,7 @@ browser: install chromium
 # The test command of the README (and of CI): everything, notebooks in parallel on $(JOBS) workers.
 test: install chromium
 	$(PY) -m ruff check src tests notebooks benchmarks
-	$(PY) -m pytest -n $(JOBS) --dist loadgroup $(NBVAL) --durations=15 tests notebooks
+	$(PY) -m pytest -n $(JOBS) --dist loadfile $(NBVAL) --durations=15 tests notebooks
 
 lab: install
 	@echo "JupyterLab on http://127.0.0.1:$(PORT)/lab?token=$(TOKEN)"

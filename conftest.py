@@ -18,12 +18,11 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep all cells of one notebook (nbval items) on one xdist worker (``--dist loadgroup``)."""
+    """Mark nbval items (notebook cells) as ``notebook``; ``--dist loadfile`` keeps one notebook's cells
+    on one xdist worker (they share one kernel)."""
     for item in items:
         if str(item.path).endswith(".ipynb"):
-            item.add_marker(pytest.mark.xdist_group(name=Path(item.path).stem))
             item.add_marker(pytest.mark.notebook)
 
 
