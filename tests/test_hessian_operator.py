@@ -204,3 +204,84 @@ def test_clear_errors():
         HessianOperator(model, F.cross_entropy, (x, y), params=[nn.Parameter(torch.zeros(2))])
     with pytest.raises(TypeError, match="model"):
         HessianOperator("model", F.cross_entropy, (x, y))
+
+
+def test_hvp_of_a_quadratic_is_the_matrix_times_v_float32_and_float64():
+    # a linear model on the identity outputs its weights w; loss(w) = 0.5 w^T A w + b^T w: H = A exactly
+    g = torch.Generator().manual_seed(8)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        m = torch.randn(6, 6, generator=g, dtype=torch.float64)
+        a = (m @ m.T).to(dtype)
+        b = torch.randn(6, generator=g, dtype=torch.float64).to(dtype)
+        model = nn.Linear(6, 1, bias=False).to(dtype)
+
+        def loss_fn(out, t, a=a, b=b):
+            w = out.reshape(-1)
+            return 0.5 * w @ a @ w + b @ w
+
+        x, y = torch.eye(6, dtype=dtype), torch.zeros(6, dtype=dtype)
+        for backend in BACKENDS:
+            op = HessianOperator(model, loss_fn, (x, y), backend=backend)
+            v = torch.randn(6, generator=g, dtype=torch.float64)
+            torch.testing.assert_close(op @ v, a.double() @ v, rtol=tol, atol=tol)
+            torch.testing.assert_close(op.to_dense(), a, rtol=tol, atol=tol)
+
+
+def test_cached_products_match_the_public_autograd_route_exactly():
+    # the cached product calls the autograd engine directly; torch.autograd.grad must give the same bits
+    model = small_mlp(9)
+    x, y = data(9, n=31)
+    op = HessianOperator(model, F.cross_entropy, (x, y))
+    params = list(model.parameters())
+    loss = F.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    g = torch.Generator().manual_seed(9)
+    for _ in range(3):
+        v = torch.randn(op.numel, generator=g, dtype=torch.float64)
+        ref = flatten(torch.autograd.grad(grads, params, unflatten(v, params), retain_graph=True))
+        torch.testing.assert_close(op @ v, ref, rtol=0, atol=0)
+    # repeated products on one operator reuse the graph and give the same numbers every time
+    v = torch.randn(op.numel, generator=g, dtype=torch.float64)
+    first = op @ v
+    for _ in range(3):
+        torch.testing.assert_close(op @ v, first, rtol=0, atol=0)
+    assert op.matvecs == 7
+    # the non-contiguous slices of a matrix are products too
+    mat = torch.randn(op.numel, 2, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(op @ mat[:, 1], op @ mat[:, 1].contiguous(), rtol=0, atol=0)
+
+
+def test_cached_and_fresh_backends_agree_over_batches_and_subsets():
+    model = small_mlp(10)
+    x, y = data(10, n=29)
+    batches = [(x[:12], y[:12]), (x[12:], y[12:])]
+    g = torch.Generator().manual_seed(10)
+    for params in (None, list(model[0].parameters()), [model[2].bias]):
+        cached = HessianOperator(model, F.cross_entropy, batches, params=params)
+        fresh = HessianOperator(model, F.cross_entropy, batches, params=params, backend="double_backward_fresh")
+        v = torch.randn(cached.numel, generator=g, dtype=torch.float64)
+        torch.testing.assert_close(cached @ v, fresh @ v, rtol=1e-12, atol=1e-14)
+
+
+def test_unused_and_linear_parameters_give_zero_rows():
+    torch.manual_seed(11)
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+
+    class WithSpare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 1)
+            self.spare = nn.Parameter(torch.ones(2))  # never used by forward
+
+        def forward(self, inp):
+            return self.lin(inp)
+
+    model = WithSpare().double()
+    dense = HessianOperator(model, F.mse_loss, (x, y)).to_dense()
+    assert dense.shape == (6, 6) and torch.equal(dense[:2], torch.zeros(2, 6, dtype=torch.float64))  # own params first
+    torch.testing.assert_close(dense, HessianOperator(model, F.mse_loss, (x, y), backend="func").to_dense())
+
+    # a loss linear in the parameters: the Hessian is zero
+    lin = nn.Linear(3, 1).double()
+    op = HessianOperator(lin, lambda out, t: out.mean(), (x, y))
+    assert torch.equal(op @ torch.ones(op.numel, dtype=torch.float64), torch.zeros(op.numel, dtype=torch.float64))

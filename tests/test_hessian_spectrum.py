@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from labkit.data import digits
-from labkit.hessian import HessianOperator, exact_hessian, hutchinson_trace, spectral_density, top_eigenvalues
+from labkit.hessian import (
+    HessianOperator,
+    exact_hessian,
+    hutchinson_trace,
+    lanczos,
+    spectral_density,
+    top_eigenvalues,
+)
 from labkit.models import mlp
 
 torch.set_num_threads(1)
@@ -169,3 +176,88 @@ def test_spectrum_errors(digits_problem):
         spectral_density(op, vectors=2, steps=11)
     with pytest.raises(TypeError, match="op must be"):
         top_eigenvalues(hess)
+
+
+def _spectrum_matrix(seed, spectrum):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(spectrum), len(spectrum), generator=g, dtype=torch.float64))
+    return q @ torch.diag(torch.as_tensor(spectrum, dtype=torch.float64)) @ q.T
+
+
+@pytest.mark.parametrize("which", ["largest", "magnitude"])
+def test_lanczos_residuals_are_the_true_residuals_without_a_check_product(which):
+    spectrum = torch.cat([torch.tensor([9.0, 6.0, -11.0, 5.5]), torch.linspace(-2, 2, 76)])
+    a = _spectrum_matrix(12, spectrum)
+    for k, tol in ((1, 1e-5), (3, 1e-8), (2, 1e-2)):
+        op = Dense(a)
+        calls = []
+        op.matvec = lambda v, calls=calls: calls.append(1) or a @ v
+        res = top_eigenvalues(op, k=k, tol=tol, which=which, generator=torch.Generator().manual_seed(k))
+        # Lanczos spends one product per iteration and none to check
+        assert res.matvecs == res.iterations == len(calls)
+        vecs, vals = res.eigenvectors, res.eigenvalues
+        true = (a @ vecs - vecs * vals).norm(dim=0) / vals.abs()
+        torch.testing.assert_close(res.residuals, true, rtol=1e-6, atol=1e-13)
+        assert res.converged == bool((true <= tol).all()) and res.converged
+        torch.testing.assert_close(vecs.T @ vecs, torch.eye(k, dtype=torch.float64), atol=1e-12, rtol=0)
+        # every eigenvalue is within its residual of the spectrum (the guarantee behind tol)
+        for val, r in zip(vals, res.residuals, strict=True):
+            assert (spectrum.double() - val).abs().min() <= r * val.abs() + 1e-12
+        key = vals if which == "largest" else vals.abs()
+        assert torch.all(key[:-1] >= key[1:])
+    top = top_eigenvalues(Dense(a), k=2, which=which, generator=torch.Generator().manual_seed(0))
+    expected = [9.0, 6.0] if which == "largest" else [-11.0, 9.0]
+    torch.testing.assert_close(top.eigenvalues, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_krylov_space_smaller_than_k_falls_back_to_power_iteration():
+    # only two distinct eigenvalues: the Krylov space of a start vector has dimension 2 < k = 3
+    a = _spectrum_matrix(13, [4.0, 4.0, 4.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    res = top_eigenvalues(Dense(a), k=3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64))
+    assert res.converged and res.eigenvectors.shape == (8, 3)
+
+
+def test_public_lanczos_gives_an_orthonormal_basis_and_its_tridiagonal():
+    a = _spectrum_matrix(14, torch.linspace(0.1, 3.0, 50))
+    v0 = torch.randn(50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    alphas, betas, basis, last = lanczos(Dense(a), v0, 20)
+    assert alphas.shape == (20,) and betas.shape == (19,) and basis.shape == (50, 20) and last > 0
+    torch.testing.assert_close(basis.T @ basis, torch.eye(20, dtype=torch.float64), atol=1e-12, rtol=0)
+    tri = torch.diag(alphas) + torch.diag(betas, 1) + torch.diag(betas, -1)
+    torch.testing.assert_close(basis.T @ a @ basis, tri, atol=1e-10, rtol=0)
+    torch.testing.assert_close(basis[:, 0], v0 / v0.norm())
+    # a stop rule sees the coefficients so far and ends the run
+    alphas, betas, basis, _ = lanczos(Dense(a), v0, 20, stop_when=lambda al, be, b: len(al) == 5)
+    assert alphas.shape == (5,) and betas.shape == (4,) and basis.shape == (50, 5)
+    # the whole space: an invariant subspace reports a last beta of 0
+    alphas, _, basis, last = lanczos(Dense(a[:6, :6]), v0[:6], 6)
+    assert last == 0.0 and basis.shape == (6, 6)
+
+
+def test_non_finite_products_raise_in_every_algorithm():
+    class Broken(Dense):
+        def matvec(self, v):
+            out = self.matrix @ v
+            out[3] = float("nan")
+            return out
+
+    op = Broken(_spectrum_matrix(15, torch.linspace(1, 2, 20)))
+    for call in (
+        lambda: top_eigenvalues(op, k=2),
+        lambda: top_eigenvalues(op, k=1, method="power"),
+        lambda: spectral_density(op, vectors=1, steps=5),
+        lambda: hutchinson_trace(op, samples=4),
+    ):
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            call()
+
+
+def test_max_iter_below_k_still_returns_k_pairs():
+    a = _spectrum_matrix(16, torch.cat([torch.tensor([7.0, 5.0, 3.0]), torch.linspace(-1, 1, 27)]))
+    res = top_eigenvalues(Dense(a), k=3, max_iter=2, generator=torch.Generator().manual_seed(0))
+    assert res.eigenvalues.shape == (3,) and res.eigenvectors.shape == (30, 3)
+    # two Krylov steps are too few: whatever the power iteration adds, the verdict follows the true residuals
+    true = (a @ res.eigenvectors - res.eigenvectors * res.eigenvalues).norm(dim=0) / res.eigenvalues.abs()
+    torch.testing.assert_close(res.residuals, true, rtol=1e-6, atol=1e-12)
+    assert res.converged == bool((true <= 1e-5).all())
