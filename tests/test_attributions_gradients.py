@@ -14,6 +14,7 @@ from labkit.attributions import (
     saliency,
     smoothgrad,
 )
+from labkit.attributions._common import chunks
 from labkit.models import cnn
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -121,6 +122,76 @@ def test_chunk_size_does_not_change_results():
             model, x, 1, samples=6, kind="var", generator=torch.Generator().manual_seed(3), chunk_size=c
         )
         torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "n_points,n_examples,rows", [(50, 64, 832), (50, 64, 64), (9, 5, 10_000), (7, 5, 3), (3, 64, 40)]
+)
+def test_chunks_cover_every_point_and_example_once_in_order(n_points, n_examples, rows):
+    blocks = list(chunks(n_points, n_examples, rows))
+    seen = [(p, e) for p0, p1, e0, e1 in blocks for p in range(p0, p1) for e in range(e0, e1)]
+    assert seen == sorted(seen) and len(seen) == len(set(seen)) == n_points * n_examples
+    assert all((p1 - p0) * (e1 - e0) <= rows for p0, p1, e0, e1 in blocks)
+    if rows >= n_examples:  # as few blocks as the row budget allows, of near-equal length
+        assert len(blocks) == -(-n_points // (rows // n_examples))
+    else:
+        assert len(blocks) == n_points * -(-n_examples // rows)
+    assert [p1 - p0 for p0, p1, *_ in chunks(50, 64, 2048)] == [25, 25]  # not 32 + 18
+
+
+class ViewFlatten(nn.Module):
+    """A hand-written CNN that flattens with ``.view``, which fails on channels-last activations."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.softplus(self.conv(x))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_channels_last_fast_path_matches_nchw_and_falls_back():
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    seen = []
+
+    class Record(nn.Module):
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            seen.append(z.is_contiguous())
+            return self.inner(z)
+
+    model = cnn(3, 5, channels=(4, 6), image_size=8, activation="softplus").double()
+    nchw = lambda z: model(z.contiguous())  # noqa: E731 - the same model, fed NCHW batches
+    fast = integrated_gradients(Record(model), x, 1, steps=9, chunk_size=12)
+    assert seen and not any(seen)  # every chunk went channels-last
+    torch.testing.assert_close(fast, integrated_gradients(nchw, x, 1, steps=9, chunk_size=12), atol=1e-12, rtol=0)
+    gen = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    torch.testing.assert_close(
+        smoothgrad(model, x, 1, samples=5, kind="square", generator=gen()),
+        smoothgrad(nchw, x, 1, samples=5, kind="square", generator=gen()),
+        atol=1e-12,
+        rtol=0,
+    )
+    view_model = ViewFlatten().double()
+    with pytest.raises(RuntimeError, match="view"):
+        view_model(x.contiguous(memory_format=torch.channels_last))
+    reshape_model = lambda z: view_model.fc(  # noqa: E731
+        torch.nn.functional.softplus(view_model.conv(z)).reshape(z.shape[0], -1)
+    )
+    for c in (6, 12, "auto"):
+        torch.testing.assert_close(
+            integrated_gradients(view_model, x, 2, steps=5, chunk_size=c),
+            integrated_gradients(reshape_model, x, 2, steps=5, chunk_size=c),
+            atol=1e-12,
+            rtol=0,
+        )
+    ref = captum_attr.IntegratedGradients(view_model).attribute(x, target=2, n_steps=5, method="gausslegendre")
+    torch.testing.assert_close(integrated_gradients(view_model, x, 2, steps=5), ref, atol=1e-10, rtol=0)
 
 
 @pytest.mark.parametrize(

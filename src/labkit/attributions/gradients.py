@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from labkit.attributions._common import (
+    PointGrads,
     check_generator,
     check_input,
     check_model,
@@ -93,6 +94,7 @@ def smoothgrad(
     sigma = noise_scale(x, noise)
     total = torch.zeros_like(x)
     total_sq = torch.zeros_like(x) if kind != "mean" else None
+    grad = PointGrads(model, x)
     with eval_mode(model):
         for p0, p1, e0, e1 in chunks(samples, n, rows):
             if e0 == 0 or p1 - p0 > 1:
@@ -105,7 +107,7 @@ def smoothgrad(
                 )
             k = p1 - p0
             pts = x[e0:e1].unsqueeze(0) + sigma[e0:e1].unsqueeze(0) * eps[:, e0:e1]
-            g, _ = input_grad(model, pts.reshape(k * (e1 - e0), *x.shape[1:]), t[e0:e1].repeat(k))
+            g = grad(pts.reshape(k * (e1 - e0), *x.shape[1:]), t[e0:e1].repeat(k))
             g = g.reshape(k, e1 - e0, *x.shape[1:])
             total[e0:e1] += g.sum(0)
             if total_sq is not None:
@@ -195,11 +197,12 @@ def integrated_gradients(
     rows = resolve_chunk(chunk_size, x[0].numel())
     total = torch.zeros_like(x)
     view = (-1,) + (1,) * x.ndim
+    grad = PointGrads(model, x)
     with eval_mode(model):
         for p0, p1, e0, e1 in chunks(len(alphas), n, rows):
             k = p1 - p0
             pts = b[e0:e1].unsqueeze(0) + alphas[p0:p1].reshape(view) * diff[e0:e1].unsqueeze(0)
-            g, _ = input_grad(model, pts.reshape(k * (e1 - e0), *x.shape[1:]), t[e0:e1].repeat(k))
+            g = grad(pts.reshape(k * (e1 - e0), *x.shape[1:]), t[e0:e1].repeat(k))
             total[e0:e1] += (g.reshape(k, e1 - e0, *x.shape[1:]) * weights[p0:p1].reshape(view)).sum(0)
         attr = diff * total
         if not return_delta:
