@@ -21,6 +21,14 @@ from labkit.attributions.gradients import (
     saliency,
     smoothgrad,
 )
+from labkit.attributions.layers import (
+    combine_layer_maps,
+    conv_blocks,
+    layer_maps,
+    map_correlation,
+    max_min_class_correlation,
+    pointing_game,
+)
 from labkit.attributions.metrics import (
     Curve,
     RoarResult,
@@ -37,7 +45,9 @@ from labkit.attributions.robust import pgd_perturb
 __all__ = [
     "Curve",
     "RoarResult",
+    "combine_layer_maps",
     "conservation_error",
+    "conv_blocks",
     "deletion_curve",
     "feature_order",
     "grad_cam",
@@ -48,10 +58,14 @@ __all__ = [
     "insertion_curve",
     "integrated_gradients",
     "layer_activation_and_grad",
+    "layer_maps",
+    "map_correlation",
+    "max_min_class_correlation",
     "max_sensitivity",
     "noise_scale",
     "norm_grad",
     "pgd_perturb",
+    "pointing_game",
     "remove_features",
     "roar",
     "saliency",
