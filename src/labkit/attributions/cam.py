@@ -274,7 +274,7 @@ def norm_grad(
     layer: nn.Module,
     upsample: bool = True,
 ) -> torch.Tensor:
-    """NormGrad (Rebuffi et al., 2020, *There and Back Again*, https://arxiv.org/abs/2002.02867),
+    """NormGrad (Rebuffi et al., 2020, *There and Back Again*, https://arxiv.org/abs/2004.02866),
     single-layer "virtual identity" form: at each location the Frobenius norm of the outer product of
     the activation and gradient vectors, ``||A_:ij|| * ||dS/dA_:ij||`` (non-negative)."""
     a, g, _ = layer_activation_and_grad(model, x, target, layer=layer)
