@@ -290,6 +290,8 @@ def fit(
                 evaluate(step)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in list(history.rows[-1].items())[1:4]}, refresh=False)
                 if stop_when is not None and stop_when(history):
+                    bar.total = step  # a planned early stop: show a finished bar, not tqdm's red "interrupted" one
+                    bar.refresh()
                     break
             if step % checkpoint_every == 0:
                 save(step)
