@@ -278,6 +278,9 @@ def roar(
     For each fraction, remove that fraction of features (``order`` top/bottom/random by the given
     attributions) from train and test images, call ``train(x, y)`` to fit a fresh model and record its
     test accuracy. DiffROAR (Shah et al., 2021) is ``bottom`` minus ``top`` accuracy.
+
+    Compute the attributions for the model's *predicted* class: when they depend on the true label, the
+    pattern of removed pixels can itself encode the label, and the retrained model then reads it off.
     """
     if not callable(train):
         raise TypeError("train must be a callable train(x, y) -> model")
