@@ -103,3 +103,20 @@ def test_last_position_transformer_equals_naive_full_sequence():
     assert model.operand_embeddings().shape == (1, p, 16)
     with pytest.raises(ValueError, match="divisible"):
         OneLayerTransformer(p, d_model=10, n_heads=4)
+
+
+def test_one_hot_mlp_without_bias_is_the_reference_bias_free_mlp():
+    torch.manual_seed(0)
+    p = 7
+    model = OneHotMLP(p, hidden=(16, 8), bias=False)
+    assert model.bias is None
+    assert all(name.endswith("weight") or name == "embedding" for name, _ in model.named_parameters())
+    x = modular_arithmetic(p).train_x
+    one_hot = torch.cat([nn.functional.one_hot(x[:, 0], p), nn.functional.one_hot(x[:, 1], p)], 1).float()
+    torch.testing.assert_close(model(x), model.head(torch.relu(one_hot @ model.embedding)))
+    # bias-free and ReLU: the logits are 3-homogeneous in the weights (scaling them is the NLM direction)
+    before = model(x).detach()
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.mul_(2.0)
+    torch.testing.assert_close(model(x), 8.0 * before)

@@ -154,3 +154,28 @@ def test_wrapper_forwards_base_keywords_that_share_a_name_with_its_own():
     assert opt.base_optimizer.param_groups[0]["alpha"] == 0.7 and opt.alpha == 0.98
     with pytest.raises(ValueError, match="same shape"):
         perpendicular_gradient(torch.zeros(3), torch.zeros(4))
+
+
+def test_make_optimizer_forwards_eps_and_betas_and_rejects_bad_ones():
+    from labkit.grokking import make_optimizer
+
+    model = small_model()
+    default = make_optimizer(model, "adamw", lr=1e-2, weight_decay=0.0)
+    assert default.param_groups[0]["eps"] == 1e-8 and default.param_groups[0]["betas"] == (0.9, 0.98)
+    for name in ("adamw", "perp_adamw", "grokfast_adamw"):
+        opt = make_optimizer(model, name, lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-25)
+        group = opt.param_groups[0]
+        assert group["eps"] == 1e-25 and group["betas"] == (0.9, 0.999) and group["weight_decay"] == 0.0
+    # eps=1e-25 against torch's 1e-8 once the gradient is tiny: the first AdamW step is ~lr, not ~lr * g / eps
+    for eps, expected in ((1e-25, 1e-2), (1e-8, 1e-2 * 1e-12 / (1e-12 + 1e-8))):
+        w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        opt = make_optimizer(nn.ParameterList([w]), "adamw", lr=1e-2, weight_decay=0.0, eps=eps)
+        w.grad = torch.full_like(w, 1e-12)
+        opt.step()
+        assert -w.item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="eps"):
+        make_optimizer(model, "sgd", lr=1e-2, eps=1e-25)
+    with pytest.raises(ValueError, match="eps"):
+        make_optimizer(model, "adamw", eps=-1.0)
+    with pytest.raises(ValueError, match="betas"):
+        make_optimizer(model, "adamw", betas=(0.9, 1.0))

@@ -115,3 +115,16 @@ def test_mse_one_hot_loss_by_hand():
     assert mse_one_hot_loss(logits, target).item() == pytest.approx((2 + 0.75) / 2)
     assert mse_one_hot_loss(logits, target, reduction="none").tolist() == pytest.approx([2.0, 0.75])
     assert classification_loss("mse") is mse_one_hot_loss
+
+
+def test_stablemax_cross_entropy_gradient_is_finite_at_zero_and_extreme_logits():
+    logits = torch.tensor([[0.0, 1.0, -1.0], [1e30, 0.0, -1e30], [-1e30, 2.0, 1e30]], dtype=torch.float64,
+                          requires_grad=True)
+    target = torch.tensor([0, 0, 1])
+    loss = stablemax_cross_entropy(logits, target, reduction="sum")
+    (g,) = torch.autograd.grad(loss, logits)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+    # row 0 by hand: s = (1, 2, 1/2), S = 3.5; d/dx_j [log S - log s_0] = s'_j / S - [j = 0] s'_0 / s_0
+    s_prime = torch.tensor([1.0, 1.0, 0.25], dtype=torch.float64)
+    expected = s_prime / 3.5 - torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(g[0], expected, rtol=1e-12, atol=1e-15)

@@ -34,22 +34,35 @@ BETAS = (0.9, 0.98)
 
 
 def make_optimizer(model: nn.Module, name: str = "adamw", *, lr: float = 1e-3, weight_decay: float = 1.0,
-                   betas: tuple[float, float] = BETAS, **kwargs: Any) -> torch.optim.Optimizer:
+                   betas: tuple[float, float] = BETAS, eps: float | None = None,
+                   **kwargs: Any) -> torch.optim.Optimizer:
     """AdamW with the grokking betas, or ⊥AdamW / Grokfast-AdamW / SGD / ⊥SGD (``name``).
 
-    Extra keywords go to the wrapper (``rescale``, ``ema_alpha``, ``ema_lamb``) or the base optimizer.
+    ``eps`` is Adam's guard in m / (sqrt(v) + eps) (None: torch's 1e-8). Prieto et al.'s reference code
+    uses ``eps=1e-25`` and ``betas=(0.9, 0.999)`` for its StableMax runs: late in a run without weight
+    decay the gradients fall far below 1e-8, and with the default guard the steps shrink with them
+    (about lr * |g| / eps instead of lr). ``betas`` and ``eps`` apply to the Adam-based optimizers only
+    (``eps`` with "sgd" / "perp_sgd" is an error). Extra keywords go to the wrapper (``rescale``,
+    ``ema_alpha``, ``ema_lamb``) or the base optimizer.
     """
+    if len(tuple(betas)) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    if eps is not None and not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps >= 0):
+        raise ValueError(f"eps must be a non-negative float or None, got {eps!r}")
     params = model.parameters()
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, **kwargs)
-    if name == "perp_adamw":
-        return PerpGrad(params, torch.optim.AdamW, lr=lr, weight_decay=weight_decay, betas=betas, **kwargs)
-    if name == "grokfast_adamw":
-        return GrokfastEMA(params, torch.optim.AdamW, lr=lr, weight_decay=weight_decay, betas=betas, **kwargs)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **kwargs)
-    if name == "perp_sgd":
+    if name in ("sgd", "perp_sgd"):
+        if eps is not None:
+            raise ValueError(f"eps is an Adam option; optimizer {name!r} has none")
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **kwargs)
         return PerpGrad(params, torch.optim.SGD, lr=lr, weight_decay=weight_decay, **kwargs)
+    adam = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), **({} if eps is None else {"eps": eps}))
+    if name == "adamw":
+        return torch.optim.AdamW(params, **adam, **kwargs)
+    if name == "perp_adamw":
+        return PerpGrad(params, torch.optim.AdamW, **adam, **kwargs)
+    if name == "grokfast_adamw":
+        return GrokfastEMA(params, torch.optim.AdamW, **adam, **kwargs)
     raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
 
 

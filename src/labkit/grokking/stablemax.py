@@ -37,7 +37,8 @@ def _check_logits(logits: torch.Tensor, target: torch.Tensor | None = None) -> N
 
 def stable_s(x: torch.Tensor) -> torch.Tensor:
     """The StableMax map s(x): x + 1 for x >= 0, 1 / (1 - x) for x < 0 (always positive)."""
-    return torch.where(x >= 0, x + 1, 1 / (1 - torch.clamp(x, max=0)))
+    # 1 - x = 1 + |x| for x < 0; the unselected branch stays finite for x >= 0, so its gradient is 0, not NaN
+    return torch.where(x >= 0, x + 1, (1 + x.abs()).reciprocal())
 
 
 def log_stable_s(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +67,9 @@ def stablemax_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *,
     ``reduction`` is "mean", "sum" or "none".
     """
     _check_logits(logits, target)
-    losses = -log_stablemax(logits.double(), dim=-1).gather(1, target[:, None]).squeeze(1)
+    x = logits.double()
+    # log sum_j s(x_j) - log s(x_y): the log only on the target column, (N,) instead of (N, C) work
+    losses = torch.log(stable_s(x).sum(dim=1)) - log_stable_s(x.gather(1, target[:, None]).squeeze(1))
     return _reduce(losses, reduction).to(logits.dtype)
 
 
