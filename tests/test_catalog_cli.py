@@ -75,6 +75,23 @@ def test_write_report_marks_failures(tmp_path):
     text, ok = write_report(tmp_path, [RunResult("sam/01_x", 1.0, False, "ClaimNotReproduced"),
                                        RunResult("sam/02_y", 2.0, False, "NameError: x")], seed=0, scale="teach")
     assert not ok and "NOT REPRODUCED" in text and "NameError" in text
+    assert text.rstrip().endswith("0 reproduced, 0 not reproduced (known at this scale), 1 NOT REPRODUCED")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [n["ok"] for n in summary["notebooks"]] == [False, False]
     assert Path(tmp_path / "claims.md").exists()
+
+
+def test_write_report_counts_known_failures_without_hiding_them(tmp_path):
+    from labkit.runner import RunResult, write_report
+
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    common = {"statement": "s", "measured": 1.0, "criterion": "> 0", "paper_value": None}
+    record = {"notebook": "sam/01_x", "seed": "0", "scale": "teach", "claims": [
+        common | {"name": "holds", "holds": True, "expected": True},
+        common | {"name": "known", "holds": False, "expected": False}]}
+    (claims / "sam_01_x.json").write_text(json.dumps(record))
+    text, ok = write_report(tmp_path, [RunResult("sam/01_x", 1.0, True, None)], seed=0, scale="teach")
+    assert ok
+    last = text.rstrip().splitlines()[-1]
+    assert last == "EVERY EXPECTED CLAIM REPRODUCED: 1 reproduced, 1 not reproduced (known at this scale)"
