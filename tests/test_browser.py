@@ -83,19 +83,37 @@ def jupyterlab(tmp_path):
         log.close()
 
 
+def _wait_for_idle_kernel(page, settle: float = 3.0, timeout: float = 120.0) -> None:
+    """Wait until the notebook's kernel reports idle and stays so for ``settle`` seconds: JupyterLab may start
+    a second kernel right after opening a notebook and drop the first one, with Run All sent to the dead one."""
+    indicator = page.locator(".jp-Notebook-ExecutionIndicator").first
+    deadline, idle_since = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        if indicator.get_attribute("data-status") == "idle":
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since >= settle:
+                return
+        else:
+            idle_since = None
+        time.sleep(0.25)
+    raise AssertionError(f"the kernel did not settle to idle within {timeout:.0f} s")
+
+
 def _run_all_cells(page) -> None:
-    """Run > Run All Cells, retried until the first code cell shows an execution count."""
+    """Run > Run All Cells, retried until the first code cell (the parameters cell, instant to run) shows an
+    execution number: a '*' alone can belong to a kernel that JupyterLab is about to replace."""
     first_prompt = page.locator(".jp-CodeCell .jp-InputPrompt").first
     for _ in range(5):
+        _wait_for_idle_kernel(page)
         page.locator(".lm-MenuBar-item", has_text="Run").first.click()
         page.locator(".lm-Menu-item", has_text="Run All Cells").first.click()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if any(ch.isdigit() or ch == "*" for ch in (first_prompt.text_content() or "")):
+            if any(ch.isdigit() for ch in (first_prompt.text_content() or "")):
                 return
             time.sleep(0.5)
         page.keyboard.press("Escape")
-    raise AssertionError("JupyterLab did not start running the notebook")
+    raise AssertionError("JupyterLab did not run the notebook's first cell after five Run All attempts")
 
 
 def test_exemplar_runs_in_jupyterlab_and_its_widget_redraws_the_figure(jupyterlab, tmp_path):
