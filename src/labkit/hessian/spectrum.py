@@ -230,14 +230,6 @@ def lanczos(
     return _f64(kr.alphas), _f64(kr.betas), basis, 0.0 if kr.invariant else kr.beta
 
 
-def _tridiag_eigh(alphas: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.diag(alphas.to(torch.float64))
-    if len(betas):
-        off = betas.to(torch.float64)
-        t = t + torch.diag(off, 1) + torch.diag(off, -1)
-    return torch.linalg.eigh(t)
-
-
 def _tridiag_np(alphas: list[float], betas: list[float], *, upper_only: bool = False) -> np.ndarray:
     """The Lanczos tridiagonal as a numpy array (only its upper triangle filled if ``upper_only``)."""
     m = len(alphas)
@@ -248,6 +240,11 @@ def _tridiag_np(alphas: list[float], betas: list[float], *, upper_only: bool = F
         if not upper_only:
             t.flat[m :: m + 1] = betas[: m - 1]
     return t
+
+
+def _tridiag_eigh(alphas: torch.Tensor, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs (ascending, float64) of the Lanczos tridiagonal of ``alphas`` / ``betas``."""
+    return torch.linalg.eigh(torch.from_numpy(_tridiag_np(alphas.tolist(), betas.tolist())))
 
 
 def _select(theta: torch.Tensor, k: int, which: str) -> torch.Tensor:
