@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from labkit.data import modular_arithmetic
+from labkit.grokking.modular import modular_arithmetic
 from labkit.grokking import make_optimizer, stablemax_cross_entropy
-from labkit.models import OneHotMLP, OneLayerTransformer, mlp
+from labkit.grokking.models import OneHotMLP, OneLayerTransformer
+from labkit.models import mlp
 from labkit.runtime import setup
 
 OUT = Path(__file__).resolve().parent / "results" / "grokking.md"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from labkit.data import BlockDigits, block_digits, two_digit_canvas
-from labkit.data.blocks import null_patch
+from labkit.attributions.data import BlockDigits, block_digits, null_patch, two_digit_canvas
 
 
 def test_block_digits_layout():

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from labkit.data import digits, xor_clusters
-from labkit.models import TwoLayerReLU, cnn, count_parameters, mlp
+from labkit.data import digits
+from labkit.grokking.xor import TwoLayerReLU, xor_clusters
+from labkit.models import cnn, count_parameters, mlp
 
 
 def test_digits_split_is_fixed_stratified_and_scaled():

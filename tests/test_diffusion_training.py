@@ -11,7 +11,7 @@ from labkit.diffusion import (
     train_denoiser,
     train_noisy_classifier,
 )
-from labkit.models import DigitsDenoiser, MLPDenoiser, NoisyClassifier
+from labkit.diffusion.models import DigitsDenoiser, MLPDenoiser, NoisyClassifier
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.data import ModularSplit, Split, modular_arithmetic
-from labkit.models import OneHotMLP, OneLayerTransformer
+from labkit.data import Split
+from labkit.grokking.modular import ModularSplit, modular_arithmetic
+from labkit.grokking.models import OneHotMLP, OneLayerTransformer
 
 REFERENCE = {
     "add": lambda a, b, p: (a + b) % p,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.data import modular_arithmetic
+from labkit.grokking.modular import modular_arithmetic
 from labkit.grokking import (
     feature_purity,
     fourier_concentration,
@@ -22,7 +22,7 @@ from labkit.grokking import (
     train_grokking,
     weight_norm,
 )
-from labkit.models import OneHotMLP, OneLayerTransformer
+from labkit.grokking.models import OneHotMLP, OneLayerTransformer
 from labkit.training import History
 
 

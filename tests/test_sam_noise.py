@@ -1,11 +1,11 @@
-"""labkit.data.noisy_labels: the label noise used by the SAM notebooks."""
+"""labkit.sam.noise.noisy_labels: the label noise used by the SAM notebooks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from labkit.data import noisy_labels
+from labkit.sam.noise import noisy_labels
 
 
 def test_exact_share_flipped_to_a_different_class_and_seeded():

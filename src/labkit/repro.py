@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from labkit.runtime import Run
+
 
 class ClaimNotReproduced(AssertionError):
     """Raised by :func:`check_claims` when at least one expected claim does not hold."""
@@ -147,10 +149,30 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         raise
 
 
-def check_claims(claims: Sequence[Claim], *, notebook: str | None = None) -> None:
+def claim_record(claims: Sequence[Claim], *, run: Run | None = None, notebook: str | None = None) -> dict[str, Any]:
+    """The JSON record of a notebook's claims: what produced them (from ``run``) and each claim's verdict.
+
+    Without a ``run`` the seed and scale come from ``LABKIT_SEED`` / ``LABKIT_SCALE`` (set by
+    ``labkit reproduce``) and are None elsewhere.
+    """
+    if run is not None:
+        produced = run.record()
+        produced["notebook"] = notebook or produced["notebook"] or "notebook"
+    else:
+        seed = os.environ.get("LABKIT_SEED")
+        produced = {"notebook": notebook or os.environ.get("LABKIT_NOTEBOOK") or "notebook",
+                    "seed": int(seed) if seed and seed.isdigit() else None,
+                    "scale": os.environ.get("LABKIT_SCALE")}
+    return produced | {"claims": [asdict(c) | {"verdict": c.verdict} for c in claims]}
+
+
+def check_claims(claims: Sequence[Claim], *, run: Run | None = None, notebook: str | None = None) -> None:
     """Show the claims, record them for ``labkit reproduce`` and raise if an expected one fails.
 
-    ``notebook`` names the record; by default it comes from ``LABKIT_NOTEBOOK`` (set by the runner).
+    ``run`` (the notebook's :class:`labkit.runtime.Run`) puts its seed, scale, device, versions and git
+    commit into the record, which is written to ``$LABKIT_RESULTS_DIR/<notebook>.json`` when that
+    variable is set, whoever runs the notebook (``labkit reproduce``, plain papermill, JupyterLab).
+    ``notebook`` names the record; by default the run's notebook, else ``LABKIT_NOTEBOOK``.
     """
     claims = list(claims)
     if not claims:
@@ -158,6 +180,9 @@ def check_claims(claims: Sequence[Claim], *, notebook: str | None = None) -> Non
     for c in claims:
         if not isinstance(c, Claim):
             raise TypeError(f"claims must be Claim objects, got {type(c).__name__}")
+    if run is not None and not isinstance(run, Run):
+        raise TypeError(f"run must be the labkit.runtime.Run of the notebook (labkit.start(...)), "
+                        f"got {type(run).__name__}")
     if in_notebook():
         from IPython.display import HTML, display
 
@@ -167,14 +192,8 @@ def check_claims(claims: Sequence[Claim], *, notebook: str | None = None) -> Non
 
     results_dir = os.environ.get("LABKIT_RESULTS_DIR")
     if results_dir:
-        name = notebook or os.environ.get("LABKIT_NOTEBOOK") or "notebook"
-        record = {
-            "notebook": name,
-            "seed": os.environ.get("LABKIT_SEED"),
-            "scale": os.environ.get("LABKIT_SCALE"),
-            "claims": [asdict(c) | {"verdict": c.verdict} for c in claims],
-        }
-        write_json_atomic(Path(results_dir) / f"{slugify(name)}.json", record)
+        record = claim_record(claims, run=run, notebook=notebook)
+        write_json_atomic(Path(results_dir) / f"{slugify(record['notebook'])}.json", record)
 
     failed = [c for c in claims if c.failed]
     if failed:

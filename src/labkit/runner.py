@@ -34,7 +34,7 @@ def is_done(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str) -> bool
         return False
     data = json.loads(record.read_text())
     fresh = record.stat().st_mtime >= info.path.stat().st_mtime
-    return fresh and data.get("seed") == str(seed) and data.get("scale") == scale and \
+    return fresh and str(data.get("seed")) == str(seed) and data.get("scale") == scale and \
         not any(c["verdict"] == "NOT REPRODUCED" for c in data["claims"])
 
 

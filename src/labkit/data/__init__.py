@@ -1,30 +1,31 @@
-"""Bundled or generated data only: nothing here downloads.
+"""Data that two or more pillars use: bundled or generated only, nothing here downloads.
 
-Names are resolved lazily so ``import labkit.data`` stays cheap and each pillar owns its own file.
+Pillar-only data sets live in their pillar (``labkit.attributions.data``, ``labkit.grokking.modular``,
+``labkit.grokking.xor``, ``labkit.sam.noise``). Their old names here still resolve, with a
+``DeprecationWarning`` that says where they moved.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
 
 from labkit.data.core import Split, digits
-from labkit.data.xor import XorClusters, xor_clusters
+from labkit.deprecation import moved_names
 
-# name -> module that defines it (pillar data sets live in their own files)
-_LAZY = {
-    "block_digits": "labkit.data.blocks",
-    "BlockDigits": "labkit.data.blocks",
-    "two_digit_canvas": "labkit.data.blocks",
-    "modular_arithmetic": "labkit.data.modular",
-    "ModularSplit": "labkit.data.modular",
-    "noisy_labels": "labkit.data.noise",
-}
+__all__ = ["Split", "digits"]
 
-__all__ = ["Split", "XorClusters", "digits", "xor_clusters", *_LAZY]
+__getattr__ = moved_names(__name__, {
+    "block_digits": "labkit.attributions.data",
+    "BlockDigits": "labkit.attributions.data",
+    "two_digit_canvas": "labkit.attributions.data",
+    "modular_arithmetic": "labkit.grokking.modular",
+    "ModularSplit": "labkit.grokking.modular",
+    "xor_clusters": "labkit.grokking.xor",
+    "XorClusters": "labkit.grokking.xor",
+    "noisy_labels": "labkit.sam.noise",
+})
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'labkit.data' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+

@@ -115,7 +115,7 @@ def fourier_power(embedding: torch.Tensor) -> torch.Tensor:
     """Power per frequency k = 0..p//2 of an embedding over the residues: (p, d) or (m, p, d) -> (p//2+1,).
 
     ``|DFT_a E[a, :]|^2`` summed over the feature dimension (and over the leading tables, e.g. the two
-    operands of :class:`labkit.models.OneHotMLP`); frequencies k and p - k are merged.
+    operands of :class:`labkit.grokking.models.OneHotMLP`); frequencies k and p - k are merged.
     """
     if not isinstance(embedding, torch.Tensor) or embedding.ndim not in (2, 3):
         got = getattr(embedding, "shape", None)

@@ -1,24 +1,19 @@
-"""Small, device-agnostic models. Pillar-specific models live in their own files (resolved lazily)."""
+"""Models that two or more pillars use: MLP and CNN builders.
+
+Pillar-only models live in their pillar (``labkit.grokking.models``, ``labkit.grokking.xor``,
+``labkit.diffusion.models``). Their old names here still resolve, with a ``DeprecationWarning``.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from labkit.deprecation import moved_names
+from labkit.models.core import cnn, count_parameters, mlp
 
-from labkit.models.core import TwoLayerReLU, cnn, count_parameters, mlp
+__all__ = ["cnn", "count_parameters", "mlp"]
 
-_LAZY = {
-    "OneHotMLP": "labkit.models.transformer",
-    "OneLayerTransformer": "labkit.models.transformer",
-    "MLPDenoiser": "labkit.models.denoisers",
-    "DigitsDenoiser": "labkit.models.denoisers",
-    "NoisyClassifier": "labkit.models.denoisers",
-}
-
-__all__ = ["TwoLayerReLU", "cnn", "count_parameters", "mlp", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'labkit.models' has no attribute {name!r}")
+__getattr__ = moved_names(__name__, {
+    "OneHotMLP": "labkit.grokking.models",
+    "OneLayerTransformer": "labkit.grokking.models",
+    "TwoLayerReLU": "labkit.grokking.xor",
+    "MLPDenoiser": "labkit.diffusion.models",
+})

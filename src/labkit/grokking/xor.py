@@ -1,4 +1,4 @@
-"""XOR cluster data with flipped labels (Xu, Wang, Frei, Vardi, Hu, ICLR 2024, arXiv:2310.02541).
+"""XOR cluster data with flipped labels and the two-layer ReLU network of the theory (Xu, Wang, Frei, Vardi, Hu, ICLR 2024, arXiv:2310.02541).
 
 x = mu + xi with mu drawn uniformly from {+mu1, -mu1, +mu2, -mu2} (mu1 orthogonal to mu2, both of
 norm ``signal``) and xi ~ N(0, I_d). The clean label is +1 for the +-mu1 clusters and -1 for the
@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
+from torch import nn
 
 from labkit.data.core import Split
 
@@ -93,3 +96,34 @@ def xor_clusters(
     train_y = torch.where(flipped, -train_y, train_y)
     data = XorClusters(train_x, train_y, test_x, test_y, flipped, train_cluster, test_cluster, mu1, mu2)
     return data.to(device)
+
+
+class TwoLayerReLU(nn.Module):
+    """f(x) = sum_j a_j relu(<w_j, x>) with a fixed second layer a_j = +-1/sqrt(m) (half each).
+
+    The network of Xu et al. (2023) / Frei et al.: only W is trained; ``init_scale`` is the std of W's
+    entries (small initialisation). Output shape (N,) for a binary label in {-1, +1}.
+    """
+
+    def __init__(self, in_features: int, width: int = 512, *, init_scale: float = 1e-4,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if width < 2 or width % 2:
+            raise ValueError(f"width must be an even number >= 2, got {width}")
+        self.weight = nn.Parameter(torch.randn(width, in_features, generator=generator) * init_scale)
+        signs = torch.cat([torch.ones(width // 2), -torch.ones(width // 2)])
+        self.register_buffer("a", signs / math.sqrt(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x @ self.weight.T) @ self.a
+
+    @torch.no_grad()
+    def restricted(self, basis: torch.Tensor) -> TwoLayerReLU:
+        """The same network on the subspace spanned by the orthonormal columns of ``basis`` (d, k):
+        ``g(z) = f(basis @ z)``, computed with k-dimensional weights (cheap to evaluate on a grid)."""
+        if basis.ndim != 2 or basis.shape[0] != self.weight.shape[1]:
+            raise ValueError(f"basis must have shape ({self.weight.shape[1]}, k), got {tuple(basis.shape)}")
+        small = TwoLayerReLU(basis.shape[1], self.weight.shape[0])
+        small.weight.copy_(self.weight @ basis.to(self.weight))
+        small.a.copy_(self.a)
+        return small.to(self.weight.device)
