@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from labkit.grokking.modular import modular_arithmetic
 from labkit.grokking import make_optimizer, stablemax_cross_entropy
 from labkit.grokking.models import OneHotMLP, OneLayerTransformer
+from labkit.grokking.modular import modular_arithmetic
 from labkit.models import mlp
 from labkit.runtime import setup
 

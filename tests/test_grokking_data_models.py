@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from labkit.data import Split
-from labkit.grokking.modular import ModularSplit, modular_arithmetic
 from labkit.grokking.models import OneHotMLP, OneLayerTransformer
+from labkit.grokking.modular import ModularSplit, modular_arithmetic
 
 REFERENCE = {
     "add": lambda a, b, p: (a + b) % p,

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from labkit.grokking.modular import modular_arithmetic
 from labkit.grokking import (
     feature_purity,
     fourier_concentration,
@@ -23,6 +22,7 @@ from labkit.grokking import (
     weight_norm,
 )
 from labkit.grokking.models import OneHotMLP, OneLayerTransformer
+from labkit.grokking.modular import modular_arithmetic
 from labkit.training import History
 
 

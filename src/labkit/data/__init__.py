@@ -7,7 +7,6 @@ Pillar-only data sets live in their pillar (``labkit.attributions.data``, ``labk
 
 from __future__ import annotations
 
-
 from labkit.data.core import Split, digits
 from labkit.deprecation import moved_names
 

@@ -1,4 +1,5 @@
-"""XOR cluster data with flipped labels and the two-layer ReLU network of the theory (Xu, Wang, Frei, Vardi, Hu, ICLR 2024, arXiv:2310.02541).
+"""XOR cluster data with flipped labels and the two-layer ReLU network of the theory
+(Xu, Wang, Frei, Vardi, Hu, ICLR 2024, arXiv:2310.02541).
 
 x = mu + xi with mu drawn uniformly from {+mu1, -mu1, +mu2, -mu2} (mu1 orthogonal to mu2, both of
 norm ``signal``) and xi ~ N(0, I_d). The clean label is +1 for the +-mu1 clusters and -1 for the
@@ -14,9 +15,8 @@ scale is cheaper to reach this way. ``balanced=False`` gives the paper's i.i.d. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
