@@ -30,7 +30,7 @@ def test_json_record_is_written_when_results_dir_is_set(tmp_path, monkeypatch):
     with pytest.raises(ClaimNotReproduced):
         check_claims([make(True, name="ok"), make(False, name="bad")], notebook="pillar/01_demo")
     record = json.loads((tmp_path / "pillar_01_demo.json").read_text())
-    assert record["seed"] == "3"
+    assert record["seed"] == 3
     assert [c["verdict"] for c in record["claims"]] == ["reproduced", "NOT REPRODUCED"]
 
 

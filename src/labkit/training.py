@@ -16,11 +16,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from labkit.autograd import train_mode
 
 Batch = tuple[torch.Tensor, ...]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 Metric = Callable[[nn.Module], float]
+Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit_loss(criterion: Criterion = F.cross_entropy) -> LossFn:
+    """The ``fit`` loss ``loss(model, (x, y)) = criterion(model(x), y)`` for a criterion on
+    (outputs, targets) such as ``F.cross_entropy`` (the default) or ``F.mse_loss``."""
+    if not callable(criterion):
+        raise TypeError(f"criterion must be a callable (outputs, targets) -> loss, got {type(criterion).__name__}")
+
+    def loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        return criterion(model(x), y)
+
+    loss.__name__ = f"fit_loss({getattr(criterion, '__name__', type(criterion).__name__)})"
+    return loss
+
+
+cross_entropy = fit_loss(F.cross_entropy)
+cross_entropy.__doc__ = "The ``fit`` loss ``F.cross_entropy(model(x), y)`` of a batch ``(x, y)``."
 
 
 class History:
@@ -233,12 +255,8 @@ def fit(
     def evaluate(step: int) -> None:
         if step in wanted_snapshots:
             history.snapshots[step] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        was_training = model.training
-        model.eval()
-        try:
+        with train_mode(model, False):
             values = {name: fn(model) for name, fn in metrics.items()}
-        finally:
-            model.train(was_training)
         if history.loss:
             values = {"loss": history.loss[-1], **values}
         history.record(step, values)
