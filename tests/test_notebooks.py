@@ -3,9 +3,11 @@
 The notebooks also run as shipped under ``pytest --nbval-lax notebooks`` (see the Makefile).
 """
 
+import ast
 import json
 import os
 import re
+from collections import defaultdict
 
 import pytest
 
@@ -31,7 +33,12 @@ def test_notebook_is_clean_and_follows_the_anatomy(info):
     everything = "\n".join("".join(c["source"]) for c in code)
     assert "check_claims(" in everything, "no reproduction check"
     assert re.search(r"\bexplore\(|interact", everything), "no ipywidgets explorer"
-    assert "setup(SEED" in everything, "the notebook must seed through labkit.runtime.setup"
+    assert re.search(r"\bstart\(\s*seed=SEED, scale=SCALE, device=DEVICE", everything), \
+        "the notebook must open its experiment with run = labkit.start(seed=SEED, scale=SCALE, device=DEVICE, ...)"
+    assert re.search(r"check_claims\([^)]*run=run", everything), "check_claims must get the notebook's run"
+    rest = "\n".join("".join(c["source"]) for c in code if c is not params[0])
+    assert len(re.findall(r"\bSEED\b", rest)) == 1, \
+        "SEED may appear only in the parameters cell and the labkit.start call: use run.generator(name) streams"
     assert ".cuda()" not in everything, "notebooks must stay device-agnostic"
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
 
@@ -46,3 +53,35 @@ def test_reproduce_notebook(info, tmp_path):
     text, ok = write_report(tmp_path, [result], seed=1, scale="teach")
     print(f"{info.name}: {result.seconds:.1f} s")
     assert result.ok and ok, text
+
+
+def code_tree(info) -> ast.Module:
+    """The notebook's code cells as one Python module (IPython magics and shell lines dropped)."""
+    nb = json.loads(info.path.read_text())
+    lines = [line for c in nb["cells"] if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()
+             if not line.lstrip().startswith(("%", "!"))]
+    return ast.parse("\n".join(lines))
+
+
+def test_no_function_is_defined_in_two_notebooks():
+    """Reusable code lives in the library: a helper defined in two notebooks belongs to a pillar.
+    Explorer ``draw`` callbacks are the one name every notebook defines."""
+    where = defaultdict(set)
+    for info in INFOS:
+        for node in ast.walk(code_tree(info)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "draw":
+                where[node.name].add(info.name)
+    shared = {name: sorted(nbs) for name, nbs in where.items() if len(nbs) > 1}
+    assert not shared, f"functions defined in several notebooks (move them into the pillar): {shared}"
+
+
+@pytest.mark.parametrize("info", INFOS, ids=IDS)
+def test_no_training_loop_in_a_notebook(info):
+    """Training runs through labkit.training.fit or a pillar function: no loop of optimizer steps."""
+    for node in ast.walk(code_tree(info)):
+        if isinstance(node, (ast.For, ast.While)):
+            for call in ast.walk(node):
+                if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and \
+                        call.func.attr in ("step", "backward"):
+                    raise AssertionError(f"line {call.lineno}: a loop calls .{call.func.attr}(): "
+                                         "move the training loop into the pillar")

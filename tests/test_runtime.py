@@ -1,10 +1,16 @@
+import json
+import os
 import random
+import subprocess
+import sys
 
+import nbformat
 import numpy as np
 import pytest
 import torch
 
-from labkit.runtime import check_scale, make_generator, pick_device, setup
+import labkit
+from labkit.runtime import Config, check_scale, derive_seed, make_generator, pick_device, setup, start
 
 
 def test_setup_seeds_everything_the_same_way():
@@ -63,3 +69,109 @@ def test_scale_check_and_generator():
     with pytest.raises(ValueError, match="scale must be one of"):
         check_scale("huge")
     assert torch.equal(torch.rand(4, generator=make_generator(7)), torch.rand(4, generator=make_generator(7)))
+
+
+# --- the experiment layer: labkit.start and Run ------------------------------------------------------
+
+
+CONFIG = {"teach": {"steps": 10, "width": 8}, "paper": {"steps": 1000, "width": 64}}
+
+
+def test_start_selects_the_config_of_the_scale_and_keeps_it_read_only():
+    run = start(seed=2, scale="paper", device="cpu", config=CONFIG)
+    assert (run.seed, run.scale, run.device) == (2, "paper", torch.device("cpu"))
+    assert run.config["steps"] == 1000 and run.config.width == 64 and dict(run.config) == CONFIG["paper"]
+    with pytest.raises(TypeError, match="read-only"):
+        run.config.steps = 3
+    with pytest.raises(TypeError):
+        run.config["steps"] = 3  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        run.seed = 5  # frozen
+    assert run.config.replace(steps=3)["steps"] == 3 and run.config["steps"] == 1000
+    with pytest.raises(KeyError, match="no entries"):
+        run.config.replace(depth=3)
+    assert start(seed=0, device="cpu", config={"lr": 0.1}).config == Config({"lr": 0.1})
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"seed": -1}, ValueError, "seed must be"),
+    ({"seed": True}, ValueError, "seed must be"),
+    ({"scale": "huge"}, ValueError, "scale must be one of"),
+    ({"device": "tpu"}, ValueError, "device must be"),
+    ({"device": "mps"}, ValueError, "device must be"),
+    ({"config": {"teach": {}}}, ValueError, "missing \\['paper'\\]"),
+    ({"config": [1, 2]}, TypeError, "config must be a mapping"),
+    ({"config": {"teach": 1, "paper": {}}}, TypeError, "config\\['teach'\\] must be a mapping"),
+])
+def test_start_rejects_bad_parameters_by_name(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        start(**{"device": "cpu", **kwargs})
+
+
+def test_named_streams_are_deterministic_independent_and_need_no_offsets():
+    run, same, other = start(seed=0, device="cpu"), start(seed=0, device="cpu"), start(seed=1, device="cpu")
+    draw = lambda r, name: torch.rand(5, generator=r.generator(name))  # noqa: E731
+    assert torch.equal(draw(run, "data"), draw(same, "data"))
+    assert not torch.equal(draw(run, "data"), draw(run, "init"))
+    assert not torch.equal(draw(run, "data"), draw(other, "data"))
+    assert run.seed_for("data") == derive_seed(0, "data") and 0 <= run.seed_for("data") < 2**63
+    with pytest.raises(ValueError, match="non-empty name"):
+        run.generator("")
+
+
+def test_seeded_block_seeds_the_global_generator_and_restores_it():
+    run = start(seed=4, device="cpu")
+    torch.manual_seed(123)
+    expected_after = torch.rand(3)
+    torch.manual_seed(123)
+    with run.seeded("init"):
+        a = torch.nn.Linear(3, 2).weight.detach().clone()
+    assert torch.equal(torch.rand(3), expected_after), "the global generator must continue as if untouched"
+    with run.seeded("init"):
+        b = torch.nn.Linear(3, 2).weight.detach().clone()
+    assert torch.equal(a, b)
+
+
+def test_run_record_names_what_produced_the_result():
+    record = start(seed=3, scale="teach", device="cpu", config=CONFIG, notebook="demo/01_x").record()
+    assert record["seed"] == 3 and record["scale"] == "teach" and record["device"] == "cpu"
+    assert record["notebook"] == "demo/01_x" and record["config"] == CONFIG["teach"]
+    assert record["torch"] == torch.__version__ and record["labkit"] == labkit.__version__
+    assert record["python"].count(".") == 2 and record["runner"] in ("python", "jupyter")
+
+
+def test_check_claims_records_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABKIT_RESULTS_DIR", str(tmp_path))
+    monkeypatch.delenv("LABKIT_SEED", raising=False)
+    run = start(seed=3, device="cpu", notebook="demo/02_y")
+    labkit.check_claims([labkit.Claim("c", "s", measured=1.0, criterion="x > 0", holds=True)], run=run)
+    record = json.loads((tmp_path / "demo_02_y.json").read_text())
+    assert record["seed"] == 3 and record["scale"] == "teach" and record["claims"][0]["verdict"] == "reproduced"
+    with pytest.raises(TypeError, match="run must be"):
+        labkit.check_claims([labkit.Claim("c", "s", measured=1.0, criterion="x", holds=True)], run="run")
+
+
+def test_plain_papermill_run_records_the_injected_seed(tmp_path):
+    """`papermill nb.ipynb out.ipynb -p SEED 3` with LABKIT_RESULTS_DIR set records seed 3 (not None)."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('SEED: int = 0\nSCALE: str = "teach"\nDEVICE: str = "auto"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "import labkit\n"
+        "run = labkit.start(seed=SEED, scale=SCALE, device='cpu', config={'teach': {'n': 1}, 'paper': {'n': 2}})\n"
+        "labkit.check_claims([labkit.Claim('n', 'n is one', measured=run.config.n, criterion='n = 1',\n"
+        "                                  holds=run.config.n == 1)], run=run)\n")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    source = tmp_path / "demo" / "03_seeded.ipynb"
+    source.parent.mkdir()
+    nbformat.write(nb, source)
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABKIT_")}
+    env.update(LABKIT_RESULTS_DIR=str(results), LABKIT_PROGRESS="0")
+    subprocess.run([sys.executable, "-m", "papermill", str(source), str(tmp_path / "out.ipynb"), "-p", "SEED", "3",
+                    "--kernel", "python3", "--no-progress-bar"], check=True, env=env, capture_output=True,
+                   timeout=300)
+    (record_file,) = results.glob("*.json")
+    record = json.loads(record_file.read_text())
+    assert record["seed"] == 3 and record["scale"] == "teach" and record["runner"] == "papermill"
+    assert record["notebook"] == "demo/03_seeded" and record_file.name == "demo_03_seeded.json"
