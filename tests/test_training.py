@@ -2,8 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from labkit.checkpoints import CheckpointMismatch
 from labkit.models import mlp
-from labkit.training import History, accuracy, batch_at, fit
+from labkit.training import History, accuracy, batch_at, cross_entropy, fit, fit_loss
 
 
 def ce(model, batch):
@@ -71,7 +72,7 @@ def test_resume_after_interruption_gives_the_same_history(tmp_path):
             metrics={"acc": lambda m: accuracy(m, *data)}, checkpoint=ckpt, checkpoint_every=4, snapshots=[10])
     assert ckpt.exists()
     saved = torch.load(ckpt, weights_only=False)
-    assert saved["step"] == 12  # Ctrl-C inside step 14's closure: the half-done step is never saved
+    assert saved["step"] == 13  # Ctrl-C inside step 14's closure: the last completed step is saved, not step 14
 
     torch.manual_seed(999)  # the checkpoint restores the RNG state: this must not matter
     model_resumed, resumed = run(30, checkpoint=ckpt)
@@ -150,3 +151,63 @@ def test_history_round_trip():
     assert History.from_state_dict(h.state_dict()).rows == h.rows
     with pytest.raises(KeyError, match="no evaluation"):
         h.at(3)
+
+
+def test_interrupt_during_an_evaluation_resumes_bit_for_bit(tmp_path):
+    torch.manual_seed(5)
+    model_full, full = run(30)
+    ckpt = tmp_path / "ckpt.pt"
+    model, data = problem()
+    calls = {"n": 0}
+
+    def acc_then_interrupt(m):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the evaluation of step 15 (after 0, 5, 10)
+            raise KeyboardInterrupt
+        return accuracy(m, *data)
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5)
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, noisy_ce, data, optimizer=opt, scheduler=sched, steps=30, batch_size=32, eval_every=5,
+            metrics={"acc": acc_then_interrupt}, checkpoint=ckpt, checkpoint_every=4, snapshots=[10])
+    assert torch.load(ckpt, weights_only=False)["step"] == 14  # step 15's evaluation never finished
+    _, resumed = run(30, checkpoint=ckpt)
+    assert resumed.loss == full.loss and resumed.rows == full.rows
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_unless_forced(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    run(6, checkpoint=ckpt)
+    model, data = problem()
+    opt = torch.optim.Adam(model.parameters(), lr=5.0)  # another learning rate
+    with pytest.raises(CheckpointMismatch, match="lr"):
+        fit(model, noisy_ce, data, optimizer=opt, steps=12, batch_size=32, checkpoint=ckpt)
+    with pytest.raises(CheckpointMismatch, match="optimizer: checkpoint has 'Adam', this run has 'SGD'"):
+        fit(model, noisy_ce, data, optimizer=torch.optim.SGD(model.parameters(), lr=1e-2), steps=12,
+            batch_size=32, checkpoint=ckpt)
+    wider = mlp(5, [16], 2)  # another architecture: named, not a raw load_state_dict error
+    with pytest.raises(CheckpointMismatch, match="model structure differs"):
+        fit(wider, noisy_ce, data, optimizer=torch.optim.Adam(wider.parameters(), lr=1e-2), steps=12,
+            batch_size=32, checkpoint=ckpt)
+    hist = fit(model, noisy_ce, data, optimizer=opt, steps=8, batch_size=32, checkpoint=ckpt, force_resume=True)
+    assert len(hist.loss) == 8
+
+
+def test_fit_refuses_an_optimizer_of_another_model_or_none():
+    model, data = problem()
+    other = mlp(5, [8], 2)
+    with pytest.raises(ValueError, match="not model's"):
+        fit(model, ce, data, optimizer=torch.optim.SGD(other.parameters(), lr=0.1), steps=1)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        fit(model, ce, data, optimizer=None, steps=1)
+    with pytest.raises(TypeError, match="loss_fn must be"):
+        fit(model, None, data, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), steps=1)
+
+
+def test_fit_loss_wraps_a_criterion():
+    model, (x, y) = problem()
+    assert torch.equal(cross_entropy(model, (x, y)), F.cross_entropy(model(x), y))
+    assert torch.equal(fit_loss(F.mse_loss)(lambda t: t, (x, x)), torch.tensor(0.0))
+    with pytest.raises(TypeError, match="criterion must be"):
+        fit_loss(3)

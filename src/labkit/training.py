@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit.autograd import train_mode
+from labkit.checkpoints import (
+    CheckpointMismatch,
+    StepSnapshot,
+    fingerprint,
+    fingerprint_differences,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from labkit.history import History
 
 Batch = tuple[torch.Tensor, ...]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -45,65 +54,6 @@ cross_entropy = fit_loss(F.cross_entropy)
 cross_entropy.__doc__ = "The ``fit`` loss ``F.cross_entropy(model(x), y)`` of a batch ``(x, y)``."
 
 
-class History:
-    """Per-step training loss plus metric rows recorded at evaluation steps.
-
-    ``history["test_acc"]`` is that metric's column, ``history.steps`` the evaluation steps,
-    ``history.loss`` the training loss of every step, ``history.snapshots`` the model state (on CPU)
-    at the steps asked for with ``fit(..., snapshots=[...])``.
-    """
-
-    def __init__(self, rows: list[dict[str, float]] | None = None, loss: list[float] | None = None,
-                 snapshots: dict[int, dict[str, torch.Tensor]] | None = None):
-        self.rows: list[dict[str, float]] = rows or []
-        self.loss: list[float] = loss or []
-        self.snapshots: dict[int, dict[str, torch.Tensor]] = snapshots or {}
-
-    def record(self, step: int, values: Mapping[str, float]) -> None:
-        self.rows.append({"step": step, **{k: float(v) for k, v in values.items()}})
-
-    @property
-    def steps(self) -> list[int]:
-        return [int(r["step"]) for r in self.rows]
-
-    def __getitem__(self, name: str) -> list[float]:
-        if not self.rows or name not in self.rows[-1]:
-            known = sorted(self.rows[-1]) if self.rows else []
-            raise KeyError(f"no metric {name!r} in history; recorded: {known}")
-        return [r.get(name, math.nan) for r in self.rows]
-
-    def last(self, name: str) -> float:
-        return self[name][-1]
-
-    def at(self, step: int) -> dict[str, float]:
-        """The metric row recorded at ``step``."""
-        for r in self.rows:
-            if r["step"] == step:
-                return r
-        raise KeyError(f"no evaluation at step {step}; evaluated at {self.steps}")
-
-    def first_step(self, name: str, predicate: Callable[[float], bool]) -> int | None:
-        """The first evaluation step whose ``name`` satisfies ``predicate`` (None if never)."""
-        for r in self.rows:
-            if name in r and predicate(r[name]):
-                return int(r["step"])
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "loss": self.loss, "snapshots": self.snapshots}
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> History:
-        return cls([dict(r) for r in state["rows"]], list(state["loss"]), dict(state.get("snapshots", {})))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __repr__(self) -> str:
-        cols = sorted(self.rows[-1]) if self.rows else []
-        return f"History({len(self.loss)} steps, {len(self.rows)} evaluations, columns={cols})"
-
-
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Share of correct predictions: argmax of (N, C) logits, or the sign of (N,) scores for y in {-1, +1}."""
@@ -111,21 +61,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     if out.ndim == 1 or out.shape[-1] == 1:
         return ((out.reshape(-1) * y.reshape(-1)) > 0).float().mean().item()
     return (out.argmax(dim=-1) == y).float().mean().item()
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file in the same folder, then an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def progress_enabled(progress: bool | None) -> bool:
@@ -172,17 +107,18 @@ def batch_at(data: Batch, step: int, batch_size: int, seed: int) -> Batch:
     return tuple(t[idx] for t in data)
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def check_optimizer(optimizer: object, model: nn.Module) -> torch.optim.Optimizer:
+    """``optimizer`` must be a torch optimizer over ``model``'s parameters (not another model's)."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer built on model.parameters(), "
+                        f"got {type(optimizer).__name__}")
+    owned = {id(p) for p in model.parameters()}
+    stepped = [p for g in optimizer.param_groups for p in g["params"]]
+    foreign = sum(id(p) not in owned for p in stepped)
+    if foreign:
+        raise ValueError(f"optimizer updates {foreign} of its {len(stepped)} parameters that are not model's: "
+                         "build the optimizer on this model's parameters (training would change nothing)")
+    return optimizer
 
 
 def fit(
@@ -200,6 +136,7 @@ def fit(
     stop_when: Callable[[History], bool] | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    force_resume: bool = False,
     on_nonfinite: str = "raise",
     seed: int = 0,
     progress: bool | None = None,
@@ -212,14 +149,22 @@ def fit(
     ``metrics`` maps names to ``fn(model) -> float``, evaluated in eval mode at step 0, every
     ``eval_every`` steps (or at the listed steps) and at the end; ``snapshots`` lists steps whose model
     state is kept in ``history.snapshots``. ``stop_when(history)`` ends early.
-    With ``checkpoint`` (a file path) the run saves atomically every ``checkpoint_every`` steps and on
-    Ctrl-C, and resumes from that file when it exists. ``on_nonfinite``: "raise" or "stop".
+
+    With ``checkpoint`` (a file path) the run saves atomically every ``checkpoint_every`` steps, at the end
+    and on Ctrl-C (the last completed step, also when the interrupt comes in the middle of a step or an
+    evaluation), and resumes from that file when it exists. The checkpoint carries a fingerprint of what
+    produced it (model structure, optimizer class and hyper-parameters, scheduler, data shapes, batch size,
+    seed); resuming with a different one raises :class:`labkit.checkpoints.CheckpointMismatch` unless
+    ``force_resume=True``. ``on_nonfinite``: "raise" or "stop".
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(steps, int) or steps < 1:
+    check_optimizer(optimizer, model)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a callable (model, batch) -> scalar loss, got {type(loss_fn).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     if on_nonfinite not in ("raise", "stop"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
@@ -228,18 +173,14 @@ def fit(
     should_eval = _eval_schedule(eval_every, steps)
     if checkpoint_every is None:
         checkpoint_every = max(1, steps // 10)
-    elif checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every}")
+    elif isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
 
     history, start = History(), 0
+    produced_by = fingerprint(model, optimizer, scheduler=scheduler, data=data, batch_size=batch_size, seed=seed)
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        history, start = History.from_state_dict(state["history"]), int(state["step"])
-        _set_rng_state(state["rng"])
+        history, start = _resume(checkpoint, model, optimizer, scheduler, produced_by, force_resume)
+    last_good = StepSnapshot(model, optimizer, scheduler) if checkpoint is not None else None
 
     def save(step: int) -> None:
         if checkpoint is None:
@@ -247,7 +188,7 @@ def fit(
         save_atomic({
             "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "history": history.state_dict(), "rng": _rng_state(),
+            "history": history.state_dict(), "rng": rng_state(), "fingerprint": produced_by,
         }, checkpoint)
 
     wanted_snapshots = {int(s) for s in snapshots}
@@ -270,11 +211,12 @@ def fit(
 
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress_enabled(progress),
                dynamic_ncols=True, leave=False)
-    step, clean = start, True  # clean: parameters and step counter agree (safe to checkpoint)
+    step = done = start  # done: the last step whose update, evaluation and checkpoint are complete
     model.train()
+    if last_good is not None:
+        last_good.take()
     try:
         while step < steps:
-            clean = False
             batch = None
             if data is not None:
                 batch = tuple(data) if batch_size is None or batch_size >= n else batch_at(data, step, batch_size, seed)
@@ -292,17 +234,18 @@ def fit(
                 raise TypeError("optimizer.step(closure) returned None; labkit's fit needs an optimizer that "
                                 "calls the closure and returns the loss (all torch.optim optimizers do)")
             value = float(loss.detach())
-            step += 1
             if not math.isfinite(value):
                 if on_nonfinite == "raise":
-                    raise FloatingPointError(f"training loss became {value} at step {step}; lower the learning "
+                    raise FloatingPointError(f"training loss became {value} at step {step + 1}; lower the learning "
                                              "rate or pass on_nonfinite='stop'")
+                step += 1
                 history.loss.append(value)
                 evaluate(step)
                 break
-            history.loss.append(value)
             if scheduler is not None:
                 scheduler.step()
+            step += 1
+            history.loss.append(value)
             bar.update(1)
             if should_eval(step) or step in wanted_snapshots:
                 evaluate(step)
@@ -313,12 +256,34 @@ def fit(
                     break
             if step % checkpoint_every == 0:
                 save(step)
-            clean = True
+            if last_good is not None:
+                last_good.take()  # this step is complete: an interrupt from here on saves it
+            done = step
     except KeyboardInterrupt:
         bar.close()
-        if clean:
-            save(step)  # else the last periodic checkpoint stands: a half-applied step is never saved
+        if last_good is not None:  # save the last completed step, never a half-applied one
+            last_good.restore()
+            history.truncate(done)
+            save(done)
         raise
     bar.close()
     save(step)
     return history
+
+
+def _resume(checkpoint: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+            produced_by: dict[str, Any], force: bool) -> tuple[History, int]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = state.get("fingerprint")
+    differences = ["the checkpoint has no fingerprint (written by an older labkit)"] if saved is None else \
+        fingerprint_differences(saved, produced_by)
+    if differences and not force:
+        raise CheckpointMismatch(
+            f"checkpoint {os.fspath(checkpoint)!r} was written by another configuration: " + "; ".join(differences)
+            + ". Delete it to start afresh, pass another checkpoint path, or force_resume=True to resume anyway.")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return History.from_state_dict(state["history"]), int(state["step"])
