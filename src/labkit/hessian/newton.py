@@ -9,10 +9,14 @@ halved after an accepted step, doubled until the step decreases the loss.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+
+from labkit.autograd import check_generator, randperm
 
 
 def softmax_regression_hessian(
@@ -45,7 +49,7 @@ def softmax_regression_hessian_diagonal(x: torch.Tensor, weight: torch.Tensor, *
     return ((p * (1 - p)).T @ (x * x) / len(x)).reshape(-1) + l2
 
 
-@dataclass
+@dataclass(frozen=True)
 class NewtonRun:
     """Iterates of ``regularized_newton``: losses, gradient norms and regularisation per step (index 0 = start)."""
 
@@ -80,14 +84,15 @@ def regularized_newton(
         raise ValueError(f"lipschitz must be positive, got {lipschitz!r}")
     x = x0.detach().clone()
     loss, g = loss_grad(x)
-    run = NewtonRun(x=x, losses=[loss], grad_norms=[float(g.norm())], function_calls=1)
+    losses, grad_norms, lambdas = [loss], [float(g.norm())], []
+    hessian_calls, function_calls = 0, 1
     big_l = float(lipschitz)
     for k in range(steps):
         gnorm = float(g.norm())
         if gnorm <= tol:
             break
         b = hessian(x, k)
-        run.hessian_calls += 1
+        hessian_calls += 1
         for _ in range(50):
             lam = (big_l * gnorm) ** 0.5
             if diagonal:
@@ -95,14 +100,174 @@ def regularized_newton(
             else:
                 d = torch.linalg.solve(b + lam * torch.eye(len(x), dtype=b.dtype, device=b.device), g)
             new_loss, new_g = loss_grad(x - d)
-            run.function_calls += 1
+            function_calls += 1
             if new_loss <= loss:
                 break
             big_l *= 2
         x, loss, g = x - d, new_loss, new_g
         big_l /= 2
-        run.losses.append(loss)
-        run.grad_norms.append(float(g.norm()))
-        run.lambdas.append(lam)
-    run.x = x
-    return run
+        losses.append(loss)
+        grad_norms.append(float(g.norm()))
+        lambdas.append(lam)
+    return NewtonRun(x=x, losses=losses, grad_norms=grad_norms, lambdas=lambdas, hessian_calls=hessian_calls,
+                     function_calls=function_calls)
+
+
+LossGrad = Callable[[torch.Tensor], tuple[float, torch.Tensor]]
+HessianFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def softmax_regression_loss_grad(x: torch.Tensor, y: torch.Tensor, *, l2: float = 0.0) -> LossGrad:
+    """``loss_grad(w) -> (loss, grad)`` of ``mean_n CE(W x_n, y_n) + l2/2 ||W||^2`` for the flat ``w = W.reshape(-1)``,
+    ``W`` of shape ``(C, D)`` with ``C = y.max() + 1`` (the input of :func:`regularized_newton`)."""
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"x must be (N, D) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    classes, dim = int(y.max()) + 1, x.shape[1]
+
+    def loss_grad(w: torch.Tensor) -> tuple[float, torch.Tensor]:
+        w = w.detach().requires_grad_(True)
+        loss = F.cross_entropy(x @ w.view(classes, dim).T, y) + 0.5 * l2 * (w * w).sum()
+        (g,) = torch.autograd.grad(loss, w)
+        return loss.item(), g
+
+    return loss_grad
+
+
+class HessianApproximation(NamedTuple):
+    """``hessian(w, k)`` for :func:`regularized_newton` and whether it returns a diagonal (unpacks as a pair)."""
+
+    hessian: HessianFn
+    diagonal: bool
+
+
+def hessian_approximations(
+    x: torch.Tensor,
+    *,
+    classes: int,
+    l2: float = 0.0,
+    subsample: float = 0.1,
+    stale_every: int = 5,
+    generator: torch.Generator | None = None,
+) -> dict[str, HessianApproximation]:
+    """The four Hessian choices of Semenov, Jaggi and Doikov, *Gradient-Normalized Smoothness for Optimization
+    with Approximate Hessians* (2025), for softmax regression on ``x``: ``"exact"``, ``"subsampled 10%"`` (a
+    fresh random ``subsample`` share of the examples every step, drawn from ``generator``), ``"stale (every 5)"``
+    (the exact Hessian, recomputed every ``stale_every`` steps) and ``"diagonal"``."""
+    if not 0 < subsample <= 1:
+        raise ValueError(f"subsample must be in (0, 1], got {subsample!r}")
+    if isinstance(stale_every, bool) or not isinstance(stale_every, int) or stale_every < 1:
+        raise ValueError(f"stale_every must be a positive int, got {stale_every!r}")
+    check_generator(generator)
+    n_sub = max(1, int(subsample * len(x)))
+    shape = (classes, x.shape[1])
+    cache: dict[str, torch.Tensor] = {}
+
+    def exact(w: torch.Tensor, k: int) -> torch.Tensor:
+        return softmax_regression_hessian(x, w.view(shape), l2=l2)
+
+    def subsampled(w: torch.Tensor, k: int) -> torch.Tensor:
+        rows = randperm(len(x), generator=generator, device=x.device)[:n_sub]
+        return softmax_regression_hessian(x, w.view(shape), l2=l2, rows=rows)
+
+    def stale(w: torch.Tensor, k: int) -> torch.Tensor:
+        if k % stale_every == 0 or "stale" not in cache:
+            cache["stale"] = exact(w, k)
+        return cache["stale"]
+
+    def diagonal(w: torch.Tensor, k: int) -> torch.Tensor:
+        return softmax_regression_hessian_diagonal(x, w.view(shape), l2=l2)
+
+    return {"exact": HessianApproximation(exact, False),
+            f"subsampled {subsample:.0%}": HessianApproximation(subsampled, False),
+            f"stale (every {stale_every})": HessianApproximation(stale, False),
+            "diagonal": HessianApproximation(diagonal, True)}
+
+
+def approximate_newton_runs(
+    loss_grad: LossGrad,
+    approximations: dict[str, HessianApproximation],
+    x0: torch.Tensor,
+    *,
+    steps: int,
+    lipschitz: Sequence[float],
+    reference: str = "exact",
+    reference_lipschitz: float = 1.0,
+    tol: float = 0.0,
+) -> dict[tuple[str, float], NewtonRun]:
+    """:func:`regularized_newton` with every approximation and every initial ``L0`` in ``lipschitz``, keyed by
+    ``(name, L0)``; the ``reference`` approximation runs once, at ``reference_lipschitz``."""
+    runs = {}
+    for big_l in lipschitz:
+        for name, (hessian, diagonal) in approximations.items():
+            if name == reference and big_l != reference_lipschitz:
+                continue
+            runs[(name, big_l)] = regularized_newton(loss_grad, hessian, x0, steps=steps, lipschitz=big_l,
+                                                     diagonal=diagonal, tol=tol)
+    if reference in approximations and (reference, reference_lipschitz) not in runs:
+        hessian, diagonal = approximations[reference]
+        runs[(reference, reference_lipschitz)] = regularized_newton(loss_grad, hessian, x0, steps=steps,
+                                                                    lipschitz=reference_lipschitz,
+                                                                    diagonal=diagonal, tol=tol)
+    return runs
+
+
+@dataclass(frozen=True)
+class DescentRun:
+    """Iterates of :func:`gradient_descent`: the final point, and the loss and gradient norm before each step."""
+
+    x: torch.Tensor
+    losses: list[float]
+    grad_norms: list[float]
+
+
+def gradient_descent(loss_grad: LossGrad, x0: torch.Tensor, *, lr: float, steps: int) -> DescentRun:
+    """``steps`` steps of ``x <- x - lr * grad`` from ``x0`` (the baseline of the approximate-Newton study)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    x, losses, norms = x0.detach().clone(), [], []
+    for _ in range(steps):
+        loss, g = loss_grad(x)
+        losses.append(loss)
+        norms.append(float(g.norm()))
+        x = x - lr * g
+    return DescentRun(x, losses, norms)
+
+
+class TunedDescent(NamedTuple):
+    """The step size of :func:`tuned_gradient_descent` with the smallest final gradient norm, and every run."""
+
+    best_lr: float
+    runs: dict[float, DescentRun]
+
+
+def tuned_gradient_descent(
+    loss_grad: LossGrad, x0: torch.Tensor, *, lrs: Sequence[float], steps: int
+) -> TunedDescent:
+    """:func:`gradient_descent` at every step size of ``lrs``; returns ``(best_lr, runs)`` where the best step
+    size ends with the smallest finite gradient norm."""
+    if not lrs:
+        raise ValueError("lrs must hold at least one step size")
+    runs = {lr: gradient_descent(loss_grad, x0, lr=lr, steps=steps) for lr in lrs}
+
+    def final(lr: float) -> float:
+        v = runs[lr].grad_norms[-1]
+        return v if v == v and v != float("inf") else float("inf")
+
+    return TunedDescent(min(runs, key=final), runs)
+
+
+def steps_to(values: Sequence[float], level: float) -> int | None:
+    """The first iteration whose value (e.g. gradient norm) is at most ``level``, or None if none is (the list
+    analogue of :meth:`labkit.training.History.first_step`)."""
+    return next((k for k, v in enumerate(values) if v <= level), None)
+
+
+def contraction_rate(values: Sequence[float], *, floor: float = 1e-9) -> float:
+    """Mean contraction per iteration, ``(v_last / v_first) ** (1 / (n - 1))`` over the values above ``floor``
+    (machine-precision plateaus excluded); below 1 on a straight line of a log plot means a linear rate."""
+    used = [v for v in values if v > floor]
+    if not used:
+        raise ValueError(f"no value above floor={floor!r}")
+    return (used[-1] / used[0]) ** (1 / max(len(used) - 1, 1))

@@ -9,6 +9,9 @@ but the GFS sharpness decreases monotonically until it falls below ``2 / eta``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -72,3 +75,46 @@ def gfs_sharpness(weights: torch.Tensor, *, x: float = 1.0, y: float = 1.0) -> f
     reached from ``weights``: at a minimum ``H = x^2 grad(prod w) grad(prod w)^T``, so ``lambda = y^2 sum 1/w_i^2``."""
     w_star = gradient_flow_solution(weights, x=x, y=y)
     return float((y**2) * (1 / w_star**2).sum())
+
+
+def scalar_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``mean (outputs - targets)^2 / 2``: the loss of a scalar network on its one example."""
+    return 0.5 * ((outputs - targets) ** 2).mean()
+
+
+@dataclass(frozen=True)
+class ScalarRun:
+    """Gradient descent on a :class:`ScalarNetwork` (:func:`run_scalar`): the step size ``eta``, the loss and the
+    GFS sharpness before each step, and the sharpness and GFS sharpness at the end."""
+
+    eta: float
+    loss: np.ndarray
+    gfs: np.ndarray
+    final_sharpness: float
+    final_gfs: float
+
+
+def run_scalar(weights: torch.Tensor, *, fraction: float, steps: int = 600) -> ScalarRun:
+    """Kreisler et al. (ICML 2023): full-batch GD on ``(prod w - 1)^2 / 2`` from ``weights`` with the step size
+    ``eta = 2 / (fraction * S_GFS(weights))`` (``fraction < 1``: the solution gradient flow would reach is too
+    sharp for GD), recording the loss and the GFS sharpness (:func:`gfs_sharpness`) before every step."""
+    if not fraction > 0:
+        raise ValueError(f"fraction must be positive, got {fraction!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    w0 = torch.as_tensor(weights, dtype=torch.float64).detach().reshape(-1)
+    eta = 2 / (fraction * gfs_sharpness(w0))
+    model = ScalarNetwork(w0)
+    one = torch.ones(1, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=eta)
+    losses, gfs = [], []
+    for _ in range(steps):
+        gfs.append(gfs_sharpness(model.weight.detach()))
+        opt.zero_grad()
+        loss = scalar_loss(model(one), one)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    w = model.weight.detach()
+    hessian = torch.func.hessian(lambda v: scalar_loss(one * torch.prod(v), one))(w)
+    return ScalarRun(eta, np.array(losses), np.array(gfs), float(torch.linalg.eigvalsh(hessian)[-1]), gfs_sharpness(w))
