@@ -285,3 +285,35 @@ def test_unused_and_linear_parameters_give_zero_rows():
     lin = nn.Linear(3, 1).double()
     op = HessianOperator(lin, lambda out, t: out.mean(), (x, y))
     assert torch.equal(op @ torch.ones(op.numel, dtype=torch.float64), torch.zeros(op.numel, dtype=torch.float64))
+
+
+def test_fast_path_switch_gives_the_same_bits_and_old_names_stay_importable():
+    from labkit import autograd
+    from labkit.hessian import _fastpath
+    from labkit.hessian.operator import as_batches, model_mode, resolve_params, vjp
+
+    assert as_batches is autograd.as_batches and resolve_params is autograd.resolve_params
+    assert model_mode is autograd.train_mode and vjp is _fastpath.vjp
+    model = small_mlp(12)
+    x, y = data(12, n=19)
+    op = HessianOperator(model, F.cross_entropy, (x, y))
+    v = torch.randn(op.numel, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    fast = op @ v
+    with _fastpath.use_fast_path(False):
+        assert not _fastpath.ENABLED
+        public = op @ v
+    assert _fastpath.ENABLED == (_fastpath.os.environ.get("LABKIT_FAST_HVP", "1").strip() != "0")
+    torch.testing.assert_close(fast, public, rtol=0, atol=0)
+
+
+def test_cached_operator_products_do_not_switch_modes_but_fresh_ones_do():
+    model = nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.5), nn.Linear(6, 3)).double()
+    model.train()
+    x, y = data(13)
+    cached = HessianOperator(model, F.cross_entropy, (x, y))
+    fresh = HessianOperator(model, F.cross_entropy, (x, y), backend="double_backward_fresh")
+    assert not cached.runs_model and fresh.runs_model and GGNOperator(model, F.cross_entropy, (x, y)).runs_model
+    v = torch.randn(cached.numel, dtype=torch.float64)
+    # eval mode during the fresh products (dropout off): the same numbers as the cached graph built in eval mode
+    torch.testing.assert_close(cached @ v, fresh @ v, rtol=1e-12, atol=1e-14)
+    assert model.training and model[1].training

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from labkit.data import digits
 from labkit.hessian import (
+    DenseOperator,
     HessianOperator,
     exact_hessian,
     hutchinson_trace,
@@ -20,17 +21,8 @@ from labkit.models import mlp
 torch.set_num_threads(1)
 
 
-class Dense:
-    """A materialised symmetric matrix as an operator (to test the algorithms alone)."""
-
-    def __init__(self, matrix):
-        self.matrix = matrix
-        self.numel = matrix.shape[0]
-        self.dtype = matrix.dtype
-        self.device = matrix.device
-
-    def matvec(self, v):
-        return self.matrix @ v
+# a materialised symmetric matrix as an operator (to test the algorithms alone)
+Dense = DenseOperator
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +253,101 @@ def test_max_iter_below_k_still_returns_k_pairs():
     true = (a @ res.eigenvectors - res.eigenvectors * res.eigenvalues).norm(dim=0) / res.eigenvalues.abs()
     torch.testing.assert_close(res.residuals, true, rtol=1e-6, atol=1e-12)
     assert res.converged == bool((true <= 1e-5).all())
+
+
+# --- the operator protocol, the public dense / lambda operators and the Lanczos result ------------------
+
+
+def test_dense_and_lambda_operators_follow_the_protocol_and_hessian_operators_too(digits_problem):
+    from labkit.hessian import GGNOperator, LambdaOperator, Operator
+
+    model, x, y, hess, _ = digits_problem
+    dense = DenseOperator(hess)
+    lam = LambdaOperator(lambda v: hess @ v, hess.shape[0])
+    curvature = [HessianOperator(model, F.cross_entropy, (x, y)), GGNOperator(model, F.cross_entropy, (x, y))]
+    for op in (dense, lam, *curvature):
+        assert isinstance(op, Operator)
+        assert op.shape == (op.numel, op.numel) == tuple(hess.shape)
+    assert dense.dtype == lam.dtype == torch.float64 and dense.device == lam.device == torch.device("cpu")
+    v = torch.randn(hess.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(dense.matvec(v), hess @ v, rtol=0, atol=0)
+    torch.testing.assert_close(lam @ v, hess @ v, rtol=0, atol=0)
+    assert lam.matvecs == 1 and not isinstance(hess, Operator)
+    with pytest.raises(ValueError, match="length"):
+        dense.matvec(v[:-1])
+    with pytest.raises(ValueError, match="square"):
+        DenseOperator(hess[:3])
+    with pytest.raises(TypeError, match="fn must be callable"):
+        LambdaOperator("A", 3)
+    with pytest.raises(ValueError, match="numel"):
+        LambdaOperator(lambda v: v, 0)
+
+
+def test_lanczos_on_a_dense_operator_matches_eigvalsh():
+    from labkit.hessian import LanczosResult
+
+    spectrum = torch.cat([torch.tensor([6.0, -4.0, 3.0]), torch.linspace(-1, 1, 37)])
+    a = _spectrum_matrix(21, spectrum)
+    v0 = torch.randn(40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    run = lanczos(DenseOperator(a), v0, 40)
+    assert isinstance(run, LanczosResult) and run.invariant and run.last_beta == 0.0 and run.steps == 40
+    ritz, _ = run.ritz()
+    torch.testing.assert_close(ritz, torch.linalg.eigvalsh(a), rtol=0, atol=1e-10)
+    # a short run: the extreme Ritz values are already close, and the relation H Q = Q (T + E) + r e_m^T holds
+    short = lanczos(DenseOperator(a), v0, 25)
+    assert not short.invariant and short.last_beta == short.beta > 0
+    q = short.basis
+    lhs = a @ q
+    rhs = q @ (short.tridiagonal() + short.reorthogonalization())
+    rhs[:, -1] += short.residual
+    torch.testing.assert_close(lhs, rhs, rtol=0, atol=1e-10)
+    assert abs(float(short.ritz()[0].max()) - 6.0) < 1e-6
+    # frozen, and unpacks / indexes as the 4-tuple of the earlier releases
+    alphas, betas, basis, last = short
+    assert alphas is short.alphas and basis is short.basis and last == short.last_beta and short[1] is betas
+    with pytest.raises(AttributeError):
+        short.alphas = None
+    with pytest.raises(ValueError, match="v0"):
+        lanczos(DenseOperator(a), v0[:5], 3)
+
+
+def test_top_eigenvalues_and_trace_on_a_lambda_operator_float32():
+    from labkit.hessian import LambdaOperator
+
+    a = _spectrum_matrix(22, torch.cat([torch.tensor([8.0, 5.0]), torch.linspace(0, 1, 48)]))
+    a32 = a.float()
+    op = LambdaOperator(lambda v: a32 @ v, 50, dtype=torch.float32)
+    res = top_eigenvalues(op, k=2, generator=torch.Generator().manual_seed(0))
+    assert res.eigenvalues.dtype == torch.float32 and res.matvecs == op.matvecs
+    torch.testing.assert_close(res.eigenvalues, torch.tensor([8.0, 5.0]), rtol=1e-5, atol=0)
+    tr = hutchinson_trace(op, samples=60, method="hutch++", generator=torch.Generator().manual_seed(0))
+    assert abs(tr.estimate - float(a.trace())) < 3 * tr.stderr + 1e-4
+
+
+def test_results_are_frozen(digits_problem):
+    *_, hess, _ = digits_problem
+    op = DenseOperator(hess[:30, :30])
+    for res, field in (
+        (top_eigenvalues(op, k=1, generator=torch.Generator().manual_seed(0)), "eigenvalues"),
+        (hutchinson_trace(op, samples=4, generator=torch.Generator().manual_seed(0)), "estimate"),
+        (spectral_density(op, vectors=1, steps=5, generator=torch.Generator().manual_seed(0)), "sigma"),
+    ):
+        with pytest.raises(AttributeError):
+            setattr(res, field, None)
+
+
+def test_an_object_with_only_numel_and_matvec_still_works_with_a_deprecation_warning():
+    a = _spectrum_matrix(23, torch.linspace(1, 3, 12))
+
+    class Legacy:  # the duck type the algorithms took before the protocol: no shape, dtype, device
+        numel = 12
+
+        def matvec(self, v):
+            return a @ v
+
+    with pytest.warns(DeprecationWarning, match="LambdaOperator"):
+        res = top_eigenvalues(Legacy(), k=1, generator=torch.Generator().manual_seed(0))
+    ref = top_eigenvalues(DenseOperator(a), k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(res.eigenvalues, ref.eigenvalues)
+    with pytest.raises(TypeError, match="op must be"):
+        hutchinson_trace(object())

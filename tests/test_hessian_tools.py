@@ -134,3 +134,22 @@ def test_alignment_penalties_exact_and_hutchinson():
     assert head.weight.grad is not None
     with pytest.raises(ValueError, match="two"):
         alignment_penalties(head, bce, domains[:1])
+
+
+def test_alignment_results_are_named_tuples():
+    from labkit.hessian import AlignmentPenalties, Domain, alignment_penalties, spurious_domain
+
+    dom = spurious_domain(50, 0.8, generator=torch.Generator().manual_seed(3))
+    again = spurious_domain(50, 0.8, generator=torch.Generator().manual_seed(3))
+    assert isinstance(dom, Domain) and torch.equal(dom.inputs, again.inputs) and torch.equal(dom.targets, again[1])
+    head = torch.nn.Linear(2, 1)
+
+    def bce(out, t):
+        return torch.nn.functional.binary_cross_entropy_with_logits(out.squeeze(1), t.float())
+
+    res = alignment_penalties(head, bce, [dom, spurious_domain(50, 0.3, generator=torch.Generator().manual_seed(4))])
+    assert isinstance(res, AlignmentPenalties)
+    loss, gp, hp = res
+    assert loss is res.loss and gp is res.gradient_penalty and hp is res.hessian_penalty
+    with pytest.raises(TypeError, match="generator"):
+        spurious_domain(5, 0.5, generator=3)

@@ -1,12 +1,17 @@
 """Curvature of the loss: Hessian/GGN operators, exact Hessians, spectra and loss landscapes.
 
 ``HessianOperator(model, loss_fn, data)`` is the Hessian of the mean loss as a matrix-free operator;
-``top_eigenvalues``, ``hutchinson_trace`` and ``spectral_density`` work on any such operator;
+``top_eigenvalues``, ``hutchinson_trace`` and ``spectral_density`` work on any :class:`Operator`
+(``shape``, ``numel``, ``dtype``, ``device``, ``matvec``): ``HessianOperator``, ``GGNOperator``,
+``DenseOperator(matrix)`` or ``LambdaOperator(fn, numel)``; ``lanczos`` is the one Lanczos run behind them;
 ``exact_hessian`` materialises it for small models; ``loss_surface_1d/2d`` plot the landscape.
 """
 
-from labkit.hessian.alignment import alignment_penalties, spurious_domain
+from labkit.hessian.alignment import AlignmentPenalties, Domain, alignment_penalties, spurious_domain
+from labkit.hessian.density import DensityResult, spectral_density
+from labkit.hessian.eigen import EigenResult, top_eigenvalues
 from labkit.hessian.exact import exact_hessian
+from labkit.hessian.lanczos import LanczosResult, lanczos
 from labkit.hessian.landscape import (
     Surface1D,
     Surface2D,
@@ -30,21 +35,19 @@ from labkit.hessian.operator import (
     flatten,
     unflatten,
 )
+from labkit.hessian.protocol import DenseOperator, LambdaOperator, Operator
 from labkit.hessian.scalar import ScalarNetwork, gfs_sharpness, gradient_flow_solution
-from labkit.hessian.spectrum import (
-    DensityResult,
-    EigenResult,
-    TraceResult,
-    hutchinson_trace,
-    lanczos,
-    outlier_count,
-    spectral_density,
-    subspace_fraction,
-    top_eigenvalues,
-)
+from labkit.hessian.spectrum import outlier_count, subspace_fraction
+from labkit.hessian.trace import TraceResult, hutchinson_trace
 
 __all__ = [
+    "AlignmentPenalties",
     "BACKENDS",
+    "DenseOperator",
+    "Domain",
+    "LambdaOperator",
+    "LanczosResult",
+    "Operator",
     "alignment_penalties",
     "spurious_domain",
     "CurvatureOperator",

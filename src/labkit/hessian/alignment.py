@@ -9,11 +9,29 @@ Hutchinson estimate ``E_v ||(H_e - mean H) v||^2`` from Hessian-vector products 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from labkit.hessian.operator import LossFn, checked_loss, flatten, resolve_params
+from labkit.autograd import check_generator, flatten, rademacher, rand, randint, randn, resolve_params
+from labkit.hessian.operator import LossFn, checked_loss
+
+
+class Domain(NamedTuple):
+    """One domain of the spurious-feature toy: ``inputs`` (n, 2) = ``(x_inv, x_spur)``, ``targets`` (n,) in {0, 1}."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+
+class AlignmentPenalties(NamedTuple):
+    """The mean loss over the domains and the two penalties of Hemati et al. (2023), all differentiable;
+    unpacks as ``loss, gradient_penalty, hessian_penalty``."""
+
+    loss: torch.Tensor
+    gradient_penalty: torch.Tensor
+    hessian_penalty: torch.Tensor
 
 
 def spurious_domain(
@@ -24,7 +42,7 @@ def spurious_domain(
     noise: float = 1.0,
     spurious_noise: float = 0.1,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Domain:
     """A domain of the spurious-feature toy: labels ``y`` in {0, 1}, features ``(x_inv, x_spur)``.
 
     ``x_inv = signal * s + noise * N(0, 1)`` (``s = 2y - 1``, the same in every domain) and
@@ -35,12 +53,13 @@ def spurious_domain(
         raise ValueError(f"rho must be in [0, 1], got {rho!r}")
     if n < 1:
         raise ValueError(f"n must be positive, got {n!r}")
-    y = torch.randint(0, 2, (n,), generator=generator)
+    check_generator(generator)
+    y = randint(0, 2, (n,), generator=generator)
     s = 2 * y.float() - 1
-    inv = signal * s + noise * torch.randn(n, generator=generator)
-    agree = (torch.rand(n, generator=generator) < rho).float() * 2 - 1
-    spur = agree * s + spurious_noise * torch.randn(n, generator=generator)
-    return torch.stack([inv, spur], dim=1), y
+    inv = signal * s + noise * randn((n,), generator=generator)
+    agree = (rand((n,), generator=generator) < rho).float() * 2 - 1
+    spur = agree * s + spurious_noise * randn((n,), generator=generator)
+    return Domain(torch.stack([inv, spur], dim=1), y)
 
 
 def alignment_penalties(
@@ -51,8 +70,9 @@ def alignment_penalties(
     params: Sequence[nn.Parameter] | None = None,
     probes: int | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(mean loss, gradient penalty, Hessian penalty)`` over ``domains``, all differentiable in ``params``.
+) -> AlignmentPenalties:
+    """``(mean loss, gradient penalty, Hessian penalty)`` over ``domains`` as :class:`AlignmentPenalties`,
+    all differentiable in ``params``.
 
     ``probes=None``: exact Hessians (``P`` double-backward rows per domain; for classifier heads).
     ``probes=m``: Hutchinson estimate with ``m`` Rademacher vectors shared by all domains (unbiased for the
@@ -67,8 +87,7 @@ def alignment_penalties(
     if probes is not None:
         if probes < 1:
             raise ValueError(f"probes must be a positive int or None, got {probes!r}")
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        vs = torch.randint(0, 2, (probes, numel), generator=generator, device=gen_device).to(chosen[0]) * 2 - 1
+        vs = rademacher((probes, numel), generator=generator, device=chosen[0].device, dtype=chosen[0].dtype)
     for x, y in domains:
         loss = checked_loss(loss_fn, model(x), y)
         g = flatten(torch.autograd.grad(loss, chosen, create_graph=True))
@@ -85,4 +104,4 @@ def alignment_penalties(
     grad_pen = ((g_all - g_all.mean(0)) ** 2).sum(dim=1).mean()
     dev = ((h_all - h_all.mean(0)) ** 2).sum(dim=(1, 2))
     hess_pen = dev.mean() if vs is None else dev.mean() / len(vs)
-    return torch.stack(losses).mean(), grad_pen, hess_pen
+    return AlignmentPenalties(torch.stack(losses).mean(), grad_pen, hess_pen)

@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.hessian.operator import LossFn, as_batches, checked_loss, flatten, model_mode, resolve_params
+from labkit.autograd import as_batches, flatten, resolve_params, zeros_if_none
+from labkit.autograd import train_mode as _mode
+from labkit.hessian.operator import LossFn, checked_loss
 
 
 def exact_hessian(
@@ -48,12 +50,12 @@ def exact_hessian(
         t = t.to(device)
         return t.to(dtype) if t.is_floating_point() else t
 
-    with torch.enable_grad(), model_mode(clone, train_mode):
+    with torch.enable_grad(), _mode(clone, train_mode):
         grad = None
         for x, y in batches:
             loss = checked_loss(loss_fn, clone(cast(x)), cast(y))
             g = torch.autograd.grad(loss, wrt, create_graph=True, allow_unused=True)
-            g = flatten([torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, wrt, strict=True)])
+            g = flatten(zeros_if_none(g, wrt))
             g = g * (len(x) / n_total)
             grad = g if grad is None else grad + g
         assert grad is not None

@@ -15,10 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.hessian.operator import LossFn, as_batches, checked_loss, flatten, model_mode, resolve_params
+from labkit.autograd import as_batches, flatten, preserve_model, randn, resolve_params, unflatten
+from labkit.autograd import train_mode as _mode
+from labkit.hessian.operator import LossFn, checked_loss
 
 
-@dataclass
+@dataclass(frozen=True)
 class Surface1D:
     """Losses ``losses[i]`` at ``theta + alphas[i] * direction``."""
 
@@ -26,17 +28,13 @@ class Surface1D:
     losses: torch.Tensor
 
 
-@dataclass
+@dataclass(frozen=True)
 class Surface2D:
     """Losses ``losses[i, j]`` at ``theta + alphas[i] * d1 + betas[j] * d2``."""
 
     alphas: torch.Tensor
     betas: torch.Tensor
     losses: torch.Tensor
-
-
-def _gen_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
 
 
 def random_direction(
@@ -48,8 +46,7 @@ def random_direction(
     """A raw Gaussian direction (one flat vector, no normalisation): the baseline Li et al. criticise."""
     chosen = resolve_params(model, params)
     n = sum(p.numel() for p in chosen)
-    d = torch.randn(n, generator=generator, device=_gen_device(generator), dtype=torch.float32)
-    return d.to(device=chosen[0].device, dtype=chosen[0].dtype)
+    return randn((n,), generator=generator, dtype=torch.float32).to(device=chosen[0].device, dtype=chosen[0].dtype)
 
 
 def filter_normalized_direction(
@@ -68,8 +65,7 @@ def filter_normalized_direction(
     chosen = resolve_params(model, params)
     parts = []
     for p in chosen:
-        d = torch.randn(p.shape, generator=generator, device=_gen_device(generator), dtype=torch.float32)
-        d = d.to(device=p.device, dtype=p.dtype)
+        d = randn(p.shape, generator=generator, dtype=torch.float32).to(device=p.device, dtype=p.dtype)
         if p.dim() <= 1:
             d = torch.zeros_like(p)
         else:
@@ -140,20 +136,16 @@ def loss_surface_2d(
     dirs1 = [t.to(p.dtype) for t, p in zip(_split(d1, chosen), chosen, strict=True)]
     dirs2 = None if d2 is None else [t.to(p.dtype) for t, p in zip(_split(d2, chosen), chosen, strict=True)]
     losses = torch.zeros(len(alphas), len(betas), dtype=torch.float64)
-    try:
-        with torch.no_grad(), model_mode(model, train_mode):
-            for i, a in enumerate(alphas.tolist()):
-                for j, b in enumerate(betas.tolist()):
-                    for p, s, u in zip(chosen, saved, dirs1, strict=True):
-                        p.copy_(s + a * u)
-                    if dirs2 is not None:
-                        for p, v in zip(chosen, dirs2, strict=True):
-                            p.add_(v, alpha=b)
-                    losses[i, j] = _mean_loss(model, loss_fn, batches, device)
-    finally:
-        with torch.no_grad():
-            for p, s in zip(chosen, saved, strict=True):
-                p.copy_(s)
+    # the core's guard puts parameters (and .grad, modes, buffers) back afterwards, even on error
+    with preserve_model(model), torch.no_grad(), _mode(model, train_mode):
+        for i, a in enumerate(alphas.tolist()):
+            for j, b in enumerate(betas.tolist()):
+                for p, s, u in zip(chosen, saved, dirs1, strict=True):
+                    p.copy_(s + a * u)
+                if dirs2 is not None:
+                    for p, v in zip(chosen, dirs2, strict=True):
+                        p.add_(v, alpha=b)
+                losses[i, j] = _mean_loss(model, loss_fn, batches, device)
     return Surface2D(alphas=alphas, betas=betas, losses=losses)
 
 
@@ -180,8 +172,5 @@ def loss_surface_1d(
 
 
 def _split(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    out, i = [], 0
-    for t in like:
-        out.append(vector[i : i + t.numel()].to(t.device).view_as(t))
-        i += t.numel()
-    return out
+    """``unflatten`` with each piece moved to its parameter's device."""
+    return [piece.to(t.device) for piece, t in zip(unflatten(vector, like), like, strict=True)]

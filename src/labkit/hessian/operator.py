@@ -2,7 +2,10 @@
 
 The operators act on flat vectors of length ``op.numel`` (parameters concatenated in ``op.params``
 order), like hessian-eigenthings / curvlinops. They never read or write the caller's ``param.grad``
-and never change parameters: only ``torch.autograd.grad`` / ``torch.func`` are used.
+and never change parameters: only ``torch.autograd.grad`` / ``torch.func`` are used, except that the
+cached product's vector-Jacobian product may take the measured private fast path of
+:mod:`labkit.hessian._fastpath` (off with ``LABKIT_FAST_HVP=0``; same numbers either way). Parameters,
+batches, flat vectors and model modes come from the autograd core (:mod:`labkit.autograd`).
 
 Reference for Hessian-vector products: Pearlmutter, *Fast Exact Multiplication by the Hessian*,
 Neural Computation 1994.
@@ -10,122 +13,23 @@ Neural Computation 1994.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from torch.overrides import has_torch_function
+
+from labkit.autograd import as_batches, flatten, resolve_params, train_mode, unflatten, zeros_if_none
+from labkit.hessian._fastpath import vjp
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 BACKENDS = ("double_backward", "double_backward_fresh", "func")
 
-
-def as_batches(data: Any) -> list[Batch]:
-    """Normalise ``data`` to a list of ``(inputs, targets)`` batches.
-
-    ``data`` is one ``(inputs, targets)`` pair of tensors or an iterable of such pairs (a list, a
-    ``DataLoader``...). Raises ``ValueError`` for empty data and ``TypeError`` for anything else.
-    """
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        batches = [tuple(data)]
-    else:
-        if isinstance(data, torch.Tensor) or not isinstance(data, Iterable):
-            raise TypeError(
-                "data must be an (inputs, targets) pair of tensors or an iterable of such pairs, "
-                f"got {type(data).__name__}"
-            )
-        batches = []
-        for i, batch in enumerate(data):
-            if not (
-                isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)
-            ):
-                raise TypeError(
-                    f"data batch {i} must be an (inputs, targets) pair of tensors, got {type(batch).__name__}"
-                )
-            batches.append(tuple(batch))
-    batches = [b for b in batches if len(b[0]) > 0]
-    if not batches:
-        raise ValueError("data is empty: expected at least one non-empty (inputs, targets) batch")
-    for i, (x, y) in enumerate(batches):
-        if len(x) != len(y):
-            raise ValueError(f"data batch {i}: inputs have {len(x)} rows but targets have {len(y)}")
-    return batches  # type: ignore[return-value]
-
-
-def resolve_params(model: nn.Module, params: Sequence[nn.Parameter] | None) -> list[nn.Parameter]:
-    """The parameters to differentiate: ``params`` (checked to belong to ``model``) or all trainable ones."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    owned = {id(p) for p in model.parameters()}
-    if params is None:
-        chosen = [p for p in model.parameters() if p.requires_grad]
-    else:
-        chosen = list(params)
-        for i, p in enumerate(chosen):
-            if not isinstance(p, torch.Tensor) or id(p) not in owned:
-                raise ValueError(f"params[{i}] is not a parameter of model")
-        if len({id(p) for p in chosen}) != len(chosen):
-            raise ValueError("params lists the same parameter twice")
-    if not chosen:
-        raise ValueError("no parameters to differentiate: model has no trainable parameters (or params is empty)")
-    return chosen
-
-
-try:  # the function torch.autograd.grad hands its work to, after its Python-side argument checks
-    from torch.autograd.graph import _engine_run_backward
-except ImportError:  # pragma: no cover - other torch versions: the public route
-    _engine_run_backward = None
-
-
-def vjp(
-    outputs: Sequence[torch.Tensor],
-    inputs: Sequence[torch.Tensor],
-    grad_outputs: Sequence[torch.Tensor],
-    *,
-    retain_graph: bool,
-) -> tuple[torch.Tensor | None, ...]:
-    """``torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=..., allow_unused=True)``.
-
-    The caller guarantees plain tensors and ``grad_outputs`` shaped and typed like ``outputs``; the
-    call then goes straight to the autograd engine, skipping ``torch.autograd.grad``'s Python-side
-    checks, which cost about 10% of a Hessian-vector product of a small model on one CPU thread.
-    Unused inputs give ``None``. Falls back to ``torch.autograd.grad`` where that route is missing.
-    """
-    outputs, inputs, grad_outputs = tuple(outputs), tuple(inputs), tuple(grad_outputs)
-    if _engine_run_backward is None or has_torch_function(outputs + inputs + grad_outputs):
-        return torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=retain_graph, allow_unused=True)
-    return _engine_run_backward(outputs, grad_outputs, retain_graph, False, inputs, True, accumulate_grad=False)
-
-
-def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Concatenate tensors into one flat vector."""
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def unflatten(vector: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Split a flat vector into views shaped like ``like``."""
-    out, i = [], 0
-    for t in like:
-        n = t.numel()
-        out.append(vector[i : i + n].view_as(t))
-        i += n
-    return out
-
-
-@contextmanager
-def model_mode(model: nn.Module, train: bool):
-    """Temporarily put ``model`` (and every submodule) in train/eval mode; restore each module's mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(train)
-    try:
-        yield
-    finally:
-        for m, was in modes:
-            m.training = was
+# names this module exported before the autograd core existed (as_batches, resolve_params, flatten,
+# unflatten, model_mode, vjp): the core's functions, and the fast path's vjp, under their old names
+model_mode = train_mode
 
 
 def checked_loss(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -137,8 +41,15 @@ def checked_loss(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) 
 
 
 class CurvatureOperator:
-    """Base class: a symmetric ``numel x numel`` operator on flat vectors (``op @ v``, ``op.matvec(v)``)."""
+    """Base class: a symmetric ``numel x numel`` operator on flat vectors (``op @ v``, ``op.matvec(v)``).
 
+    It satisfies :class:`labkit.hessian.protocol.Operator` (``shape``, ``numel``, ``dtype``, ``device``,
+    ``matvec``). A subclass implements ``_matvec(v)``; products run with the model in the operator's
+    mode (eval unless ``train_mode=True``, each submodule's mode restored) unless the subclass sets
+    ``runs_model = False`` (its products only traverse a graph built earlier: no forward pass).
+    """
+
+    runs_model: bool = True
     model: nn.Module
     params: list[nn.Parameter]
     numel: int
@@ -185,11 +96,11 @@ class CurvatureOperator:
         """The product of the operator with a flat vector ``v``; returned in ``v``'s dtype."""
         w = self._check_vector(v)
         self.matvecs += 1
-        if getattr(self, "_cached_grad", None) is not None:  # the graph is built: no forward pass, no mode switch
-            out = self._matvec(w)
-        else:
-            with model_mode(self.model, self.train_mode):
+        if self.runs_model:
+            with train_mode(self.model, self.train_mode):
                 out = self._matvec(w)
+        else:  # the graph is built: no forward pass, no mode switch
+            out = self._matvec(w)
         if out.requires_grad:
             out = out.detach()
         return out if out.dtype == v.dtype else out.to(v.dtype)
@@ -216,7 +127,7 @@ class CurvatureOperator:
     def loss(self) -> float:
         """The mean loss over the data (batches weighted by their size)."""
         total = 0.0
-        with torch.no_grad(), model_mode(self.model, self.train_mode):
+        with torch.no_grad(), train_mode(self.model, self.train_mode):
             for i, w in enumerate(self.weights):
                 x, y = self._batch(i)
                 total += w * float(checked_loss(self.loss_fn, self.model(x), y))
@@ -225,7 +136,7 @@ class CurvatureOperator:
     def gradient(self) -> torch.Tensor:
         """The flat gradient of the mean loss (never stored in ``param.grad``)."""
         grads = [torch.zeros_like(p) for p in self.params]
-        with model_mode(self.model, self.train_mode):
+        with train_mode(self.model, self.train_mode):
             for i, w in enumerate(self.weights):
                 x, y = self._batch(i)
                 loss = checked_loss(self.loss_fn, self.model(x), y)
@@ -237,10 +148,6 @@ class CurvatureOperator:
     def __repr__(self) -> str:
         name = type(self).__name__
         return f"{name}(numel={self.numel}, batches={len(self.batches)}, examples={self.num_examples})"
-
-
-def _zeros_if_none(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, like, strict=True)]
 
 
 class HessianOperator(CurvatureOperator):
@@ -291,7 +198,7 @@ class HessianOperator(CurvatureOperator):
         # with create_graph. Each product is then one backward pass through it (retain_graph), with no
         # forward pass, no per-batch bookkeeping and no extra nodes (one batch: the loss itself).
         total: torch.Tensor | None = None
-        with model_mode(self.model, self.train_mode):
+        with train_mode(self.model, self.train_mode):
             for i, w in enumerate(self.weights):
                 x, y = self._batch(i)
                 loss = checked_loss(self.loss_fn, self.model(x), y)
@@ -300,7 +207,8 @@ class HessianOperator(CurvatureOperator):
                 total = loss if total is None else total + loss
         assert total is not None
         grads = torch.autograd.grad(total, self.params, create_graph=True, allow_unused=True)
-        self._cached_grad = _zeros_if_none(grads, self.params)
+        self._cached_grad = zeros_if_none(grads, self.params)
+        self.runs_model = False
         # what a product needs, prepared once: the gradients that depend on params (none: the loss is
         # linear in params) and how to cut a flat vector into their shapes
         self._pair_index = tuple(i for i, g in enumerate(self._cached_grad) if g.requires_grad)
@@ -322,7 +230,7 @@ class HessianOperator(CurvatureOperator):
             return [torch.zeros_like(p) for p in self.params]
         # vector-Jacobian product of the gradient with v (Pearlmutter): no extra dot-product graph
         hv = vjp([g for g, _ in pairs], self.params, [u for _, u in pairs], retain_graph=retain)
-        return _zeros_if_none(hv, self.params)
+        return zeros_if_none(hv, self.params)
 
     def _cached_matvec(self, v: torch.Tensor) -> torch.Tensor:
         if not self._pair_index:  # the loss is linear in params: zero Hessian
@@ -331,7 +239,7 @@ class HessianOperator(CurvatureOperator):
         pieces = tuple(v.as_strided(shape, stride, base + offset) for shape, stride, offset in self._pieces)
         hv = vjp(self._pair_grads, self._params_tuple, pieces, retain_graph=True)
         if any(h is None for h in hv):
-            hv = _zeros_if_none(hv, self.params)
+            hv = zeros_if_none(hv, self.params)
         return torch.cat([h.reshape(-1) for h in hv])
 
     def _matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -342,7 +250,7 @@ class HessianOperator(CurvatureOperator):
             for i, w in enumerate(self.weights):
                 x, y = self._batch(i)
                 loss = checked_loss(self.loss_fn, self.model(x), y)
-                grads = _zeros_if_none(
+                grads = zeros_if_none(
                     torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True), self.params
                 )
                 out.add_(flatten(self._hvp_from_grads(grads, v, retain=False)), alpha=w)
@@ -399,7 +307,7 @@ class GGNOperator(CurvatureOperator):
             (g_out,) = torch.autograd.grad(loss, outputs, create_graph=True)
             # J v by the double-vjp trick: u -> J^T u is linear in u, differentiate it along v.
             u = torch.zeros_like(outputs, requires_grad=True)
-            jt_u = _zeros_if_none(
+            jt_u = zeros_if_none(
                 torch.autograd.grad(outputs, self.params, u, create_graph=True, allow_unused=True),
                 self.params,
             )
@@ -409,6 +317,12 @@ class GGNOperator(CurvatureOperator):
                 (hjv,) = torch.autograd.grad(g_out, outputs, jv, retain_graph=True)
             else:  # loss linear in outputs
                 hjv = torch.zeros_like(outputs)
-            gv = _zeros_if_none(torch.autograd.grad(outputs, self.params, hjv, allow_unused=True), self.params)
+            gv = zeros_if_none(torch.autograd.grad(outputs, self.params, hjv, allow_unused=True), self.params)
             out.add_(flatten(gv), alpha=w)
         return out
+
+
+__all__ = [
+    "BACKENDS", "Batch", "CurvatureOperator", "GGNOperator", "HessianOperator", "LossFn", "as_batches",
+    "checked_loss", "flatten", "model_mode", "resolve_params", "unflatten", "vjp",
+]
