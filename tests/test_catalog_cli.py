@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,11 +53,88 @@ def test_bad_metadata_is_a_clear_error(tmp_path):
     (["reproduce", "--pillar", "astrology"], "invalid choice"),
     (["reproduce", "--scale", "huge"], "invalid choice"),
     (["reproduce", "--jobs", "0"], "--jobs must be at least 1"),
+    (["reproduce", "--seed", "-1"], "--seed must be a non-negative integer"),
+    (["reproduce", "--device", "tpu"], "--device: device must be"),
+    (["reproduce", "--timeout", "0"], "--timeout must be at least 1"),
+    (["reproduce", "--root", "/nonexistent"], "has no notebooks/ folder"),
+    (["notebooks"], "the following arguments are required: dest"),
 ])
-def test_reproduce_rejects_unknown_notebook_pillar_and_scale(args, message):
-    proc = subprocess.run([sys.executable, "-m", "labkit", *args], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode != 0
+def test_bad_options_are_usage_errors_before_any_kernel_starts(args, message, tmp_path):
+    """Exit code 2, a message naming the option, and no report written (nothing ran)."""
+    proc = subprocess.run([sys.executable, "-m", "labkit", *args, *(["--out", str(tmp_path / "r")] if
+                          args[0] == "reproduce" else [])], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr + proc.stdout
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_documents_the_exit_codes():
+    proc = subprocess.run([sys.executable, "-m", "labkit", "reproduce", "--help"], capture_output=True, text=True)
+    assert "exit codes:" in proc.stdout and "2  a usage error" in proc.stdout
+
+
+def test_notebooks_command_copies_without_overwriting(tmp_path, capsys):
+    assert main(["notebooks", str(tmp_path / "course"), "--pillar", "grokking"]) == 0
+    copied = sorted(p.relative_to(tmp_path / "course").as_posix() for p in (tmp_path / "course").rglob("*.ipynb"))
+    assert copied == sorted(f"grokking/{i.path.name}" for i in discover(ROOT, pillar="grokking"))
+    assert main(["notebooks", str(tmp_path / "course"), "--pillar", "grokking"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["notebooks", str(tmp_path / "course"), "--pillar", "grokking", "--force"]) == 0
+
+
+def tiny_workbook(root: Path, source: str) -> Path:
+    """A workbook root with one notebook whose second cell runs ``source`` and checks one claim."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('SEED: int = 0\nSCALE: str = "teach"\nDEVICE: str = "auto"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "import labkit\nrun = labkit.start(seed=SEED, scale=SCALE, device='cpu')\n" + source +
+        "\nlabkit.check_claims([labkit.Claim('c', 's', measured=1, criterion='x', holds=True)], run=run)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["labkit"] = dict(pillar="grokking", title="Tiny", authors="A", year=2024, url="https://arxiv.org/abs/1",
+                                 claim="c")
+    path = root / "notebooks" / "grokking" / "01_tiny.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.notebook
+def test_resume_reruns_failed_and_changed_notebooks_and_skips_finished_ones(tmp_path, capsys):
+    flag = tmp_path / "fail-once"
+    flag.write_text("x")
+    source = f"import pathlib\nflag = pathlib.Path({str(flag)!r})\nif flag.exists():\n    flag.unlink()\n" \
+             "    raise RuntimeError('first run fails')"
+    tiny_workbook(tmp_path / "wb", source)
+    args = ["reproduce", "--root", str(tmp_path / "wb"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(args) == 1  # the first run fails
+    assert main([*args, "--resume"]) == 0  # resume runs the failed notebook again (and it passes now)
+    out = capsys.readouterr().out
+    assert "ok    grokking/01_tiny" in out
+    assert main([*args, "--resume"]) == 0
+    assert "skip  grokking/01_tiny" in capsys.readouterr().out
+    assert main([*args, "--resume", "--seed", "1"]) == 0  # another seed is another input
+    assert "ok    grokking/01_tiny" in capsys.readouterr().out
+
+
+@pytest.mark.notebook
+def test_installed_wheel_lists_its_notebooks_outside_the_checkout(tmp_path):
+    """A wheel carries the notebooks: `labkit list` works from any folder."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("labkit-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("LABKIT_ROOT", None)
+    proc = subprocess.run([sys.executable, "-m", "labkit", "list"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert str(tmp_path / "site") in subprocess.run(
+        [sys.executable, "-c", "import labkit; print(labkit.__file__)"], cwd=tmp_path, env=env, capture_output=True,
+        text=True).stdout
+    for info in discover(ROOT):
+        assert info.name in proc.stdout
 
 
 def test_pillars_cover_the_notebook_folders():

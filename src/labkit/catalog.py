@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +31,16 @@ class NotebookInfo:
 
 
 def repo_root() -> Path:
-    """The workbook root: the checkout holding this package (src layout), else the current folder."""
-    here = Path(__file__).resolve().parents[2]
-    return here if (here / "notebooks").is_dir() else Path.cwd()
+    """The workbook root (the folder holding ``notebooks/``): ``LABKIT_ROOT`` when set, else the checkout holding
+    this package (src layout), else the installed package itself (the notebooks ship inside it)."""
+    env = os.environ.get("LABKIT_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve()
+    checkout = here.parents[2]
+    if (checkout / "notebooks").is_dir() and (checkout / "src" / "labkit").is_dir():
+        return checkout
+    return here.parent
 
 
 def read_info(path: Path) -> NotebookInfo:

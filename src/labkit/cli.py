@@ -1,13 +1,34 @@
-"""``python -m labkit list|reproduce|index``: the workbook's command line."""
+"""``python -m labkit list|reproduce|notebooks|index``: the workbook's command line.
+
+Exit codes: 0 every expected claim reproduced (or the command did what it was asked), 1 a claim was not
+reproduced or a notebook failed, 2 a usage error (bad option values are refused before any kernel starts).
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 from labkit.catalog import PILLARS, NotebookInfo, discover, read_info, repo_root, update_readme
-from labkit.runtime import SCALES
+from labkit.runtime import SCALES, pick_device
+
+EXIT_CODES = """exit codes:
+  0  every expected claim reproduced (or the command did what it was asked)
+  1  a claim expected to hold was not reproduced, or a notebook failed
+  2  a usage error (a bad option value, an unknown notebook): nothing was run"""
+
+
+class UsageError(ValueError):
+    """A bad command line: reported with exit code 2 before anything runs."""
+
+
+def _root(args: argparse.Namespace) -> Path:
+    root = Path(args.root).resolve() if getattr(args, "root", None) else repo_root()
+    if not (root / "notebooks").is_dir():
+        raise UsageError(f"--root {str(root)!r} has no notebooks/ folder (the workbook root holds notebooks/<pillar>/)")
+    return root
 
 
 def _select(args: argparse.Namespace, root: Path) -> list[NotebookInfo]:
@@ -17,18 +38,35 @@ def _select(args: argparse.Namespace, root: Path) -> list[NotebookInfo]:
             path = Path(given)
             if not path.is_file():
                 known = "\n  ".join(str(i.path.relative_to(root)) for i in discover(root))
-                raise SystemExit(f"error: --notebook {given!r} does not exist. Known notebooks:\n  {known}")
+                raise UsageError(f"--notebook {given!r} does not exist. Known notebooks:\n  {known}")
             infos.append(read_info(path.resolve()))
         return infos
     infos = discover(root, pillar=args.pillar)
     if not infos:
-        raise SystemExit(f"error: no notebooks found under {root / 'notebooks'}")
+        raise UsageError(f"no notebooks found under {root / 'notebooks'}")
     return infos
 
 
+def _check_reproduce_options(args: argparse.Namespace) -> None:
+    """Refuse bad values before any kernel starts (each message names the option)."""
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.timeout < 1:
+        raise UsageError(f"--timeout must be at least 1 second, got {args.timeout}")
+    try:
+        pick_device(args.device)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"--device: {exc}") from None
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    root = repo_root()
-    for info in discover(root, pillar=args.pillar):
+    root = _root(args)
+    infos = discover(root, pillar=args.pillar)
+    if not infos:
+        raise UsageError(f"no notebooks found under {root / 'notebooks'}")
+    for info in infos:
         print(f"{info.name:45s} {info.title} ({info.authors}, {info.year})\n{'':45s} {info.url}")
     return 0
 
@@ -36,7 +74,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from labkit.runner import run_all, write_report
 
-    root = repo_root()
+    _check_reproduce_options(args)
+    root = _root(args)
     infos = _select(args, root)
     out = Path(args.out)
     print(f"labkit reproduce: {len(infos)} notebook(s), seed {args.seed}, scale {args.scale}, "
@@ -50,8 +89,25 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_notebooks(args: argparse.Namespace) -> int:
+    """Copy the paper notebooks into a folder a student can open (never overwriting without --force)."""
+    root = _root(args)
+    dest = Path(args.dest)
+    infos = discover(root, pillar=args.pillar)
+    targets = [(i.path, dest / i.pillar / i.path.name) for i in infos]
+    existing = [t for _, t in targets if t.exists()]
+    if existing and not args.force:
+        raise UsageError(f"{len(existing)} notebook(s) already exist under {dest} (e.g. {existing[0]}); "
+                         "pass --force to overwrite them")
+    for source, target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    print(f"copied {len(targets)} notebook(s) to {dest}/ (open them with `jupyter lab {dest}`)")
+    return 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
-    root = repo_root()
+    root = _root(args)
     ok = update_readme(root / "README.md", discover(root), write=args.write, root=root)
     if ok:
         print("README notebook index is up to date")
@@ -62,38 +118,52 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="labkit", description="The labkit workbook's command line.")
+    parser = argparse.ArgumentParser(prog="labkit", description="The labkit workbook's command line.",
+                                     epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    root_help = "the workbook folder holding notebooks/ (default: this checkout, else the installed package)"
 
-    p_list = sub.add_parser("list", help="list the paper notebooks and their papers")
+    p_list = sub.add_parser("list", help="list the paper notebooks and their papers", epilog=EXIT_CODES,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p_list.add_argument("--pillar", choices=PILLARS)
+    p_list.add_argument("--root", help=root_help)
     p_list.set_defaults(func=cmd_list)
 
-    p_rep = sub.add_parser("reproduce", help="run notebooks headless and write a report of their claims")
+    p_rep = sub.add_parser("reproduce", help="run notebooks headless and write a report of their claims",
+                           epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p_rep.add_argument("--pillar", choices=PILLARS, help="only this pillar's notebooks")
     p_rep.add_argument("--notebook", action="append", metavar="PATH", help="only this notebook (repeatable)")
-    p_rep.add_argument("--seed", type=int, default=0)
+    p_rep.add_argument("--seed", type=int, default=0, help="the notebooks' SEED (a non-negative integer)")
     p_rep.add_argument("--scale", choices=SCALES, default="teach")
-    p_rep.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p_rep.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p_rep.add_argument("--out", default="build/report", help="report folder (default: build/report)")
     p_rep.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1)")
-    p_rep.add_argument("--resume", action="store_true", help="skip notebooks already reproduced in --out")
-    p_rep.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell")
+    p_rep.add_argument("--resume", action="store_true",
+                       help="skip notebooks that already reproduced in --out from the same notebook, labkit sources, "
+                            "seed, scale and device (failed or changed ones run again)")
+    p_rep.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (at least 1)")
+    p_rep.add_argument("--root", help=root_help)
     p_rep.set_defaults(func=cmd_reproduce)
+
+    p_nb = sub.add_parser("notebooks", help="copy the paper notebooks into a folder to open and edit")
+    p_nb.add_argument("dest", help="the folder to copy into (created if missing)")
+    p_nb.add_argument("--pillar", choices=PILLARS)
+    p_nb.add_argument("--force", action="store_true", help="overwrite notebooks already there")
+    p_nb.add_argument("--root", help=root_help)
+    p_nb.set_defaults(func=cmd_notebooks)
 
     p_idx = sub.add_parser("index", help="check (or --write) the README's notebook index")
     p_idx.add_argument("--write", action="store_true")
+    p_idx.add_argument("--root", help=root_help)
     p_idx.set_defaults(func=cmd_index)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "jobs", 1) < 1:
-        raise SystemExit("error: --jobs must be at least 1")
+    args = build_parser().parse_args(argv)  # argparse itself exits with 2 on unknown options
     try:
         return args.func(args)
-    except ValueError as exc:
+    except (UsageError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -26,16 +27,41 @@ def record_path(results_dir: Path, name: str) -> Path:
     return results_dir / f"{slugify(name)}.json"
 
 
-def is_done(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str) -> bool:
-    """A finished run of this notebook with the same seed and scale, newer than the notebook."""
-    record = record_path(out_dir / "claims", info.name)
+def sources_digest() -> str:
+    """A hash of every labkit source file (what a notebook's result depends on besides itself)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_inputs(info: NotebookInfo, *, seed: int, scale: str, device: str) -> dict[str, object]:
+    """What a notebook run depends on: the notebook, the labkit sources, seed, scale and device."""
+    return {"notebook": hashlib.sha256(info.path.read_bytes()).hexdigest(), "labkit": sources_digest(),
+            "seed": seed, "scale": scale, "device": device}
+
+
+def state_path(out_dir: Path, name: str) -> Path:
+    return out_dir / "runs" / f"{slugify(name)}.json"
+
+
+def is_done(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, device: str = "auto") -> bool:
+    """A finished, successful run of this notebook from the same inputs (notebook, labkit sources, seed,
+    scale, device) whose record and executed copy are still there. A failed run is never done."""
+    state, record = state_path(out_dir, info.name), record_path(out_dir / "claims", info.name)
     executed = out_dir / info.pillar / info.path.name
-    if not (record.exists() and executed.exists()):
+    if not (state.exists() and record.exists() and executed.exists()):
         return False
-    data = json.loads(record.read_text())
-    fresh = record.stat().st_mtime >= info.path.stat().st_mtime
-    return fresh and str(data.get("seed")) == str(seed) and data.get("scale") == scale and \
-        not any(c["verdict"] == "NOT REPRODUCED" for c in data["claims"])
+    saved = json.loads(state.read_text())
+    return bool(saved.get("ok")) and saved.get("inputs") == run_inputs(info, seed=seed, scale=scale, device=device)
+
+
+def _claims_hold(record: Path) -> bool:
+    if not record.exists():
+        return False
+    return not any(c["verdict"] == "NOT REPRODUCED" for c in json.loads(record.read_text())["claims"])
 
 
 def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, device: str = "auto",
@@ -46,6 +72,9 @@ def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, de
     results_dir = out_dir / "claims"
     results_dir.mkdir(parents=True, exist_ok=True)
     record_path(results_dir, info.name).unlink(missing_ok=True)
+    state = state_path(out_dir, info.name)
+    state.unlink(missing_ok=True)
+    inputs = run_inputs(info, seed=seed, scale=scale, device=device)
     env = dict(LABKIT_RESULTS_DIR=str(results_dir.resolve()), LABKIT_NOTEBOOK=info.name,
                LABKIT_SEED=str(seed), LABKIT_SCALE=scale, LABKIT_PROGRESS="0")
     saved = {k: os.environ.get(k) for k in env}
@@ -59,14 +88,18 @@ def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, de
                             kernel_name="python3")
     except Exception as exc:  # papermill re-raises the notebook's error: keep the last line readable
         message = str(exc).strip().splitlines()
-        return RunResult(info.name, time.perf_counter() - start, False, message[-1] if message else repr(exc))
+        result = RunResult(info.name, time.perf_counter() - start, False, message[-1] if message else repr(exc))
+    else:
+        result = RunResult(info.name, time.perf_counter() - start, True)
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return RunResult(info.name, time.perf_counter() - start, True)
+    ok = result.ok and _claims_hold(record_path(results_dir, info.name))
+    write_json_atomic(state, {"inputs": inputs, "ok": ok, "seconds": round(result.seconds, 2), "error": result.error})
+    return result
 
 
 def _run_one(args: tuple[NotebookInfo, Path, int, str, str, int]) -> RunResult:
@@ -79,7 +112,7 @@ def run_all(infos: list[NotebookInfo], out_dir: Path, *, seed: int, scale: str, 
     """Run notebooks (``jobs`` at a time, each in its own process); ``resume`` skips finished ones."""
     todo, results = [], []
     for info in infos:
-        if resume and is_done(info, out_dir, seed=seed, scale=scale):
+        if resume and is_done(info, out_dir, seed=seed, scale=scale, device=device):
             results.append(RunResult(info.name, 0.0, True, skipped=True))
             echo(f"  skip  {info.name} (already reproduced with seed {seed}, scale {scale})")
         else:
