@@ -4,6 +4,10 @@ interventions and progress measures recorded at an evaluation cadence.
 Power et al. (2022, arXiv:2201.02177) train with AdamW, betas (0.9, 0.98) and weight decay 1 on a
 fixed split of a modular-arithmetic table; every measure of the grokking notebooks is a history
 column here, so a checkpointed run resumes with the same curves.
+
+The set-up the grokking notebooks share lives here too: :func:`fresh_model` (a one-hot MLP initialised
+from a seed, e.g. ``run.seed_for("init")``) and :func:`modular_run` (fresh model + :func:`make_optimizer`
++ :func:`train_grokking` in one call).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 from torch import nn
 
 from labkit.data.core import Split
+from labkit.grokking.models import OneHotMLP
+from labkit.grokking.modular import ModularSplit
 from labkit.grokking.optim import GrokfastEMA, PerpGrad
 from labkit.grokking.progress import (
     GrokSummary,
@@ -28,6 +34,7 @@ from labkit.grokking.progress import (
     weight_norm,
 )
 from labkit.grokking.stablemax import classification_loss
+from labkit.runtime import check_seed
 
 OPTIMIZERS = ("adamw", "perp_adamw", "grokfast_adamw", "sgd", "perp_sgd")
 BETAS = (0.9, 0.98)
@@ -66,7 +73,7 @@ def make_optimizer(model: nn.Module, name: str = "adamw", *, lr: float = 1e-3, w
     raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GrokRun:
     """A finished run: its :class:`labkit.training.History`, the grokking summary and the model."""
 
@@ -123,18 +130,20 @@ def train_grokking(
     criterion = classification_loss(loss)
     xtr, ytr, xte, yte = data.train_x, data.train_y, data.test_x, data.test_y
 
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return criterion(m(batch[0]), batch[1])
-
+    # The train logits feed several columns; compute them once per evaluation. The cache key is the number
+    # of training-loss evaluations so far: the parameters change only through a step, which calls the loss.
+    losses_taken = [0]
     cache: dict[str, Any] = {}
 
+    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        losses_taken[0] += 1
+        return criterion(m(batch[0]), batch[1])
+
     def train_logits(m: nn.Module) -> torch.Tensor:
-        """Train logits computed once per evaluation (keyed by the parameters' in-place versions)."""
-        key = (id(m), tuple(p._version for p in m.parameters()))
-        if cache.get("key") != key:
+        if cache.get("key") != losses_taken[0]:
             with torch.no_grad():
                 cache["logits"] = m(xtr)
-            cache["key"] = key
+            cache["key"] = losses_taken[0]
         return cache["logits"]
 
     metrics: dict[str, Callable[[nn.Module], float]] = {}
@@ -169,3 +178,45 @@ def train_grokking(
                   on_nonfinite=on_nonfinite, progress=progress, desc=desc)
     summary = grok_step(history) if "acc" in measures else GrokSummary(None, None, 0.99, 0.95)
     return GrokRun(history, summary, model)
+
+
+def fresh_model(p: int, *, seed: int, hidden: Sequence[int] = (128, 128), activation: str = "relu",
+                bias: bool = True, device: str | torch.device = "cpu") -> OneHotMLP:
+    """A :class:`OneHotMLP` for residues mod ``p`` initialised from ``seed`` (torch's default init under a
+    seeded global generator, restored afterwards): the same seed gives the same network, so runs that
+    differ only in their optimizer or loss start from the same weights (Power et al., 2022; Prieto et
+    al., 2025). In a notebook: ``fresh_model(p, seed=run.seed_for("init"), ...)``."""
+    check_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = OneHotMLP(p, hidden=hidden, activation=activation, bias=bias)
+    return model.to(device)
+
+
+def modular_run(
+    data: ModularSplit,
+    *,
+    seed: int,
+    steps: int,
+    hidden: Sequence[int] = (128, 128),
+    activation: str = "relu",
+    bias: bool = True,
+    optimizer: str = "adamw",
+    lr: float = 1e-3,
+    weight_decay: float = 1.0,
+    betas: tuple[float, float] = BETAS,
+    eps: float | None = None,
+    **train_options: Any,
+) -> GrokRun:
+    """One grokking experiment on a modular-arithmetic split: :func:`fresh_model` from ``seed`` (on the
+    data's device), :func:`make_optimizer` (``optimizer``, ``lr``, ``weight_decay``, ``betas``, ``eps``)
+    and :func:`train_grokking` for ``steps`` full-batch steps; ``train_options`` go to
+    :func:`train_grokking` (``loss``, ``eval_every``, ``measures``, ``spectrum``, ``stop_after_grok``,
+    ``snapshots``, ``desc``, ...). Power et al. (2022): AdamW, betas (0.9, 0.98), weight decay 1.
+    """
+    if not isinstance(data, ModularSplit):
+        raise TypeError(f"data must be a ModularSplit (labkit.grokking.modular_arithmetic), got {type(data).__name__}")
+    model = fresh_model(data.p, seed=seed, hidden=hidden, activation=activation, bias=bias,
+                        device=data.train_x.device)
+    opt = make_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+    return train_grokking(model, data, optimizer=opt, steps=steps, **train_options)

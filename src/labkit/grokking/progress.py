@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 
-@dataclass
+@dataclass(frozen=True)
 class GrokSummary:
     """``memorize_step``: first evaluation with train accuracy >= threshold; ``generalize_step``: first
     with test accuracy >= threshold; ``delay_ratio`` = generalize_step / max(memorize_step, 1)."""

@@ -11,17 +11,24 @@ same share of flipped labels, instead of i.i.d. draws. At toy dimension the sqrt
 draws (in cluster sizes or in flips per cluster) adds a linear term ~ imbalance * |mu|^2 to the first GD
 step that can beat the memorisation term ~ d; the theorem removes it by taking d large, which at laptop
 scale is cheaper to reach this way. ``balanced=False`` gives the paper's i.i.d. sampling.
+
+The experiment of the notebook: :func:`logistic_loss` (and the ``fit`` loss :data:`xor_loss`),
+:func:`train_xor` (full-batch GD through :func:`labkit.training.fit`, recording the accuracies on all,
+flipped and test labels and the weights' share in the cluster plane) and :func:`plane_decision_maps`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from labkit.data.core import Split
+from labkit.training import History, accuracy, fit, fit_loss
 
 
 @dataclass(repr=False)
@@ -127,3 +134,81 @@ class TwoLayerReLU(nn.Module):
         small.weight.copy_(self.weight @ basis.to(self.weight))
         small.a.copy_(self.a)
         return small.to(self.weight.device)
+
+
+def logistic_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mean logistic loss log(1 + exp(-y f(x))) of scores ``f(x)`` (N,) for labels ``y`` in {-1, +1}
+    (the loss of Xu et al., 2023), computed as softplus(-y f(x))."""
+    if not isinstance(scores, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("scores and y must be tensors")
+    if scores.shape != y.shape:
+        raise ValueError(f"scores and y must have the same shape, got {tuple(scores.shape)} and {tuple(y.shape)}")
+    return F.softplus(-y * scores).mean()
+
+
+xor_loss = fit_loss(logistic_loss)
+xor_loss.__doc__ = "The ``fit`` loss ``logistic_loss(model(x), y)`` of a batch ``(x, y)``."
+
+#: the history columns of :func:`train_xor`
+TRAIN_ACC, FLIPPED_ACC, TEST_ACC, PLANE_SHARE = (
+    "train (labels as given)", "flipped labels", "test (clean)", "weight share in (μ1, μ2) plane")
+
+
+def log_spaced_steps(steps: int) -> list[int]:
+    """0, then 1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, ... up to ``steps`` (included): the evaluation
+    steps of a run whose interesting moments are step 1 and the late phase."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    marks, scale = {0, steps}, 1
+    while scale <= steps:
+        marks |= {round(m * scale) for m in (1, 1.5, 2, 3, 5, 7)}
+        scale *= 10
+    return sorted(s for s in marks if s <= steps)
+
+
+def train_xor(model: TwoLayerReLU, data: XorClusters, *, lr: float = 1.0, steps: int = 150,
+              eval_steps: list[int] | None = None, progress: bool | None = None,
+              desc: str = "GD on XOR clusters") -> History:
+    """Full-batch gradient descent (``torch.optim.SGD``, ``lr``) on the logistic loss for ``steps`` steps,
+    the training of Xu et al. (2023), through :func:`labkit.training.fit`.
+
+    At ``eval_steps`` (default :func:`log_spaced_steps`) the history records the accuracy on the training
+    labels as given (:data:`TRAIN_ACC`), on the flipped ones alone (:data:`FLIPPED_ACC`), on the clean test
+    set (:data:`TEST_ACC`) and ||W P|| / ||W||, the share of the first layer in the plane of the cluster
+    means (:data:`PLANE_SHARE`); the model's state at those steps is in ``history.snapshots``.
+    """
+    if not isinstance(model, TwoLayerReLU):
+        raise TypeError(f"model must be a TwoLayerReLU, got {type(model).__name__}")
+    if not isinstance(data, XorClusters):
+        raise TypeError(f"data must be XorClusters (labkit.grokking.xor_clusters), got {type(data).__name__}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    eval_steps = log_spaced_steps(steps) if eval_steps is None else [s for s in eval_steps if s <= steps]
+    x, y, flipped, basis = data.train_x, data.train_y, data.flipped, data.plane_basis()
+    metrics = {
+        TRAIN_ACC: lambda m: accuracy(m, x, y),
+        FLIPPED_ACC: lambda m: accuracy(m, x[flipped], y[flipped]),
+        TEST_ACC: lambda m: accuracy(m, data.test_x, data.test_y),
+        PLANE_SHARE: lambda m: ((m.weight @ basis).norm() / m.weight.norm()).item(),
+    }
+    return fit(model, xor_loss, (x, y), optimizer=torch.optim.SGD(model.parameters(), lr=lr), steps=steps,
+               eval_every=eval_steps, snapshots=eval_steps, metrics=metrics, progress=progress, desc=desc)
+
+
+@torch.no_grad()
+def plane_decision_maps(snapshots: Mapping[int, Mapping[str, torch.Tensor]], basis: torch.Tensor,
+                        grid: torch.Tensor) -> dict[int, torch.Tensor]:
+    """For each saved state of a :class:`TwoLayerReLU` (``history.snapshots``), its decision function on the
+    grid ``grid x grid`` of the plane spanned by the orthonormal columns of ``basis`` (d, 2), as a
+    (len(grid), len(grid)) tensor (rows: second coordinate): ``restricted(basis)`` evaluated on the grid."""
+    if basis.ndim != 2 or basis.shape[1] != 2:
+        raise ValueError(f"basis must have shape (d, 2), got {tuple(basis.shape)}")
+    if grid.ndim != 1:
+        raise ValueError(f"grid must be a 1-D tensor of coordinates, got shape {tuple(grid.shape)}")
+    uu, vv = torch.meshgrid(grid, grid, indexing="xy")
+    points = torch.stack([uu.reshape(-1), vv.reshape(-1)], dim=1)
+    maps = {}
+    for step, state in snapshots.items():
+        weight, a = state["weight"].to(basis), state["a"].to(basis)
+        maps[step] = (torch.relu(points @ (weight @ basis).T) @ a).reshape(len(grid), len(grid))
+    return maps
