@@ -1,7 +1,8 @@
-"""Sharpness measures of a trained model, all leaving its parameters, gradients and mode as they were.
+"""Sharpness measures of a trained model, all leaving it as they found it (``labkit.autograd.preserve_model``).
 
 * :func:`hessian_top_eigenvalue` and :func:`hessian_trace`: curvature of the mean loss, through
-  ``labkit.hessian``'s public operator and solvers.
+  ``labkit.hessian``'s public operator and solvers. The top eigenvalue is a :class:`TopEigenvalue`, a
+  ``float`` that also carries the solver's ``converged`` flag and ``residual``.
 * :func:`worst_case_sharpness`: ``max_{||delta|| <= rho} L(w + delta) - L(w)``, and with
   ``adaptive=True`` the adaptive variant ``max_{||delta / |w| || <= rho}`` that is invariant to the
   rescalings a ReLU network allows (Kwon et al., 2021; Andriushchenko et al., 2023,
@@ -9,7 +10,8 @@
   ``batch_size=m`` the average over batches of ``m`` examples (m-sharpness).
 
 Every function takes ``loss_fn(outputs, targets) -> mean loss`` and ``data = (inputs, targets)``, the
-convention of ``labkit.hessian.HessianOperator``. Models are evaluated in eval mode (restored after).
+convention of ``labkit.hessian.HessianOperator``. Models are evaluated in eval mode (every submodule's
+mode, the parameters, their ``.grad`` and the buffers are restored afterwards).
 """
 
 from __future__ import annotations
@@ -17,32 +19,48 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from labkit.autograd import as_pair, check_module, preserve_model, randn, resolve_params, train_mode, zeros_if_none
 from labkit.hessian import HessianOperator, hutchinson_trace, top_eigenvalues
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check(model: nn.Module, data: object) -> tuple[torch.Tensor, torch.Tensor]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    pair = isinstance(data, (tuple, list)) and len(data) == 2
-    if not (pair and all(isinstance(t, torch.Tensor) for t in data)):
-        raise TypeError("data must be an (inputs, targets) pair of tensors")
-    x, y = data
-    if len(x) == 0 or len(x) != len(y):
-        raise ValueError(f"data must be non-empty with as many targets as inputs, got {len(x)} and {len(y)}")
-    return x, y
+class TopEigenvalue(float):
+    """The top Hessian eigenvalue as a plain ``float`` that also carries how the solver ended.
+
+    ``converged``: whether the solver's relative residual ``||H v - lambda v|| / |lambda|`` is within
+    its tolerance; ``residual``: that residual. Arithmetic, formatting and comparisons are a float's.
+    """
+
+    converged: bool
+    residual: float
+
+    def __new__(cls, value: float, converged: bool = True, residual: float = 0.0) -> TopEigenvalue:
+        obj = super().__new__(cls, value)
+        object.__setattr__(obj, "converged", bool(converged))
+        object.__setattr__(obj, "residual", float(residual))
+        return obj
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a TopEigenvalue is read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (float(self), self.converged, self.residual))
+
+    def __repr__(self) -> str:
+        return f"TopEigenvalue({float(self)!r}, converged={self.converged}, residual={self.residual:.2e})"
 
 
-def _params(model: nn.Module, params: Sequence[nn.Parameter] | None) -> list[nn.Parameter]:
-    chosen = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
-    if not chosen:
-        raise ValueError("params is empty: the model has no trainable parameters to measure sharpness over")
-    return chosen
+def _check(model: nn.Module, data: object, params: Sequence[nn.Parameter] | None
+           ) -> tuple[torch.Tensor, torch.Tensor, list[nn.Parameter]]:
+    check_module(model)
+    x, y = as_pair(data)
+    return x, y, resolve_params(model, params)
 
 
 def hessian_top_eigenvalue(
@@ -53,19 +71,22 @@ def hessian_top_eigenvalue(
     params: Sequence[nn.Parameter] | None = None,
     tol: float = 1e-4,
     generator: torch.Generator | None = None,
-) -> float:
+) -> TopEigenvalue:
     """The largest Hessian eigenvalue ``lambda_max`` of the mean loss (Lanczos via ``labkit.hessian``).
 
     The quantity SAM is meant to shrink (Foret et al., 2021) and that gradient descent drives to
-    ``2 / lr`` at the edge of stability (Cohen et al., 2021). Warns when the solver did not converge.
+    ``2 / lr`` at the edge of stability (Cohen et al., 2021). Returns a :class:`TopEigenvalue` (a float
+    with ``.converged`` and ``.residual``) and warns when the solver did not converge.
     """
-    _check(model, data)
-    op = HessianOperator(model, loss_fn, tuple(data), params=_params(model, params))
-    result = top_eigenvalues(op, k=1, tol=tol, generator=generator)
+    x, y, chosen = _check(model, data, params)
+    with preserve_model(model, params=False):
+        op = HessianOperator(model, loss_fn, (x, y), params=chosen)
+        result = top_eigenvalues(op, k=1, tol=tol, generator=generator)
+    residual = float(result.residuals[0])
     if not result.converged:
-        warnings.warn(f"top Hessian eigenvalue did not converge (residual {float(result.residuals[0]):.2e})",
+        warnings.warn(f"top Hessian eigenvalue did not converge (residual {residual:.2e})",
                       RuntimeWarning, stacklevel=2)
-    return float(result.eigenvalues[0])
+    return TopEigenvalue(float(result.eigenvalues[0]), converged=bool(result.converged), residual=residual)
 
 
 def hessian_trace(
@@ -79,9 +100,15 @@ def hessian_trace(
 ) -> float:
     """Hutchinson estimate of ``trace(H)`` of the mean loss with ``samples`` Rademacher probes
     (via ``labkit.hessian.hutchinson_trace``)."""
-    _check(model, data)
-    op = HessianOperator(model, loss_fn, tuple(data), params=_params(model, params))
-    return float(hutchinson_trace(op, samples=samples, generator=generator).estimate)
+    x, y, chosen = _check(model, data, params)
+    with preserve_model(model, params=False):
+        op = HessianOperator(model, loss_fn, (x, y), params=chosen)
+        return float(hutchinson_trace(op, samples=samples, generator=generator).estimate)
+
+
+def _norm(ts: list[torch.Tensor]) -> torch.Tensor:
+    dev = ts[0].device
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t).to(dev) for t in ts]))
 
 
 def _ascent(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor, params: list[nn.Parameter],
@@ -97,40 +124,33 @@ def _ascent(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     def loss_and_grad() -> tuple[float, list[torch.Tensor]]:
         with torch.enable_grad():
             loss = loss_fn(model(x), y)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+            grads = zeros_if_none(torch.autograd.grad(loss, params, allow_unused=True), params)
         if scale is not None:  # gradient with respect to eta
             grads = [g * t for g, t in zip(grads, scale, strict=True)]
         return float(loss.detach()), grads
-
-    def norm(ts: list[torch.Tensor]) -> torch.Tensor:
-        dev = ts[0].device
-        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t).to(dev) for t in ts]))
 
     with torch.no_grad():
         for p, w in zip(params, w0, strict=True):
             p.copy_(w)
     base, grads = loss_and_grad()
-    g_norm = norm(grads)
+    g_norm = _norm(grads)
     if not math.isfinite(base):
         raise FloatingPointError(f"the loss at the unperturbed weights is {base}")
     if float(g_norm) > 0:
         eta = [g * (rho / g_norm) for g in grads]  # start where SAM's first step goes
-    else:  # at an exact stationary point: a seeded random direction
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        eta = [torch.randn(p.shape, generator=generator, device=gen_device, dtype=p.dtype).to(p.device)
-               for p in params]
-        eta = [e * (rho / norm(eta)) for e in eta]
+    else:  # at an exact stationary point: a seeded random direction (the generator rule of labkit.autograd)
+        eta = [randn(p.shape, generator=generator, device=p.device, dtype=p.dtype) for p in params]
+        eta = [e * (rho / _norm(eta)) for e in eta]
     best = 0.0
     for _ in range(steps):
         set_delta(eta)
         value, grads = loss_and_grad()
         best = max(best, value - base)
-        g_norm = norm(grads)
+        g_norm = _norm(grads)
         if float(g_norm) == 0:
             break
         eta = [e + g * (step_size / g_norm) for e, g in zip(eta, grads, strict=True)]
-        e_norm = norm(eta)
+        e_norm = _norm(eta)
         if float(e_norm) > rho:
             eta = [e * (rho / e_norm) for e in eta]
     set_delta(eta)
@@ -161,37 +181,31 @@ def worst_case_sharpness(
     perturbation (a seeded random direction at a stationary point); the result is the best value seen,
     a lower bound on the true maximum that is tight on quadratics. ``batch_size=m`` averages the
     worst case over consecutive batches of ``m`` examples (m-sharpness); ``None`` uses all of ``data``.
-    The model runs in eval mode; its parameters, gradients and mode are restored.
+    The model runs in eval mode; its parameters, gradients, buffers and every submodule's mode are restored.
     """
-    x, y = _check(model, data)
+    check_module(model)
+    x, y = as_pair(data)
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (rho >= 0 and math.isfinite(rho)):
         raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    if eta < 0:
+    if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
     step_size = float(rho) if step_size is None else float(step_size)
     if step_size <= 0 and rho > 0:
         raise ValueError(f"step_size must be > 0, got {step_size!r}")
-    params = _params(model, params)
+    chosen = resolve_params(model, params)
     if rho == 0:
         return 0.0
-    w0 = [p.detach().clone() for p in params]
+    w0 = [p.detach().clone() for p in chosen]
     scale = [w.abs() + eta for w in w0] if adaptive else None
-    was_training = model.training
     m = len(x) if batch_size is None else min(batch_size, len(x))
     values = []
-    model.eval()
-    try:
+    with preserve_model(model), train_mode(model, False):
         for start in range(0, len(x) - m + 1, m):
             xb, yb = x[start:start + m], y[start:start + m]
-            values.append(_ascent(model, loss_fn, xb, yb, params, w0, scale, float(rho), steps, step_size,
+            values.append(_ascent(model, loss_fn, xb, yb, chosen, w0, scale, float(rho), steps, step_size,
                                   generator))
-    finally:
-        with torch.no_grad():
-            for p, w in zip(params, w0, strict=True):
-                p.copy_(w)
-        model.train(was_training)
     return sum(values) / len(values)
