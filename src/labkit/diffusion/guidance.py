@@ -48,7 +48,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1, eps=1e-12)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GuidanceOutput:
     """What a policy returns: the denoised batch, denoiser evaluations used, whether guidance was on."""
 

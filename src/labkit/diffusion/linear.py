@@ -17,8 +17,11 @@ data, amplified) and a negative one (directions where the class varies less, sup
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+
+from labkit.diffusion.mixtures import GaussianMixture
 
 
 def _check_gaussian(mean: torch.Tensor, cov: torch.Tensor, name: str) -> None:
@@ -40,7 +43,7 @@ def gaussian_denoise(x: torch.Tensor, sigma: float, mean: torch.Tensor, cov: tor
     return mean + (x - mean) @ wiener_gain(cov, sigma).T
 
 
-@dataclass
+@dataclass(frozen=True)
 class CFGDecomposition:
     """The three terms of the linear CFG direction ``D_c - D_u`` (each (N, D)) and the spectrum of
     ``W_c - W`` (``eigenvalues`` ascending, ``eigenvectors`` as columns)."""
@@ -89,10 +92,17 @@ def cfg_decomposition(
     return CFGDecomposition(shift, centred @ pos.T, -(centred @ neg.T), evals, evecs)
 
 
-def contrastive_components(cov_c: torch.Tensor, cov_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class Eigh(NamedTuple):
+    """Eigenvalues (ascending) and eigenvectors (columns) of a symmetric matrix."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+
+
+def contrastive_components(cov_c: torch.Tensor, cov_u: torch.Tensor) -> Eigh:
     """Eigenvalues (ascending) and eigenvectors of ``S_c - S_u``: contrastive PCA (Abid et al., 2018)."""
     diff = cov_c - cov_u
-    return torch.linalg.eigh(0.5 * (diff + diff.T))
+    return Eigh(*torch.linalg.eigh(0.5 * (diff + diff.T)))
 
 
 def gaussian_teleport(
@@ -110,3 +120,61 @@ def gaussian_teleport(
     evals, evecs = torch.linalg.eigh(cov)
     gain = ((evals.clamp_min(0) + sigma_to**2) / (evals.clamp_min(0) + sigma_from**2)).sqrt()
     return mean + ((x - mean) @ evecs) * gain @ evecs.T
+
+
+class GaussianFit(NamedTuple):
+    """A Gaussian ``N(mean, cov)`` fitted to data; unpacks as ``mean, cov``."""
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+
+
+def gaussian_fit(x: torch.Tensor, *, ridge: float = 1e-3) -> GaussianFit:
+    """The sample mean and covariance of ``x`` (N, D), plus ``ridge * I`` so that the covariance of
+    a few images (N < D) is invertible: the "linear-Gaussian model" of Li, Wang & Qu (2025)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"x must be a tensor of shape (N, D) with N >= 2, got {getattr(x, 'shape', type(x))}")
+    if not ridge >= 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    return GaussianFit(x.mean(0), torch.cov(x.T) + ridge * eye)
+
+
+class LinearGaussianModel:
+    """A linear-Gaussian diffusion model of labelled data: one Gaussian per class (``classes``, a
+    :class:`GaussianMixture` weighted by class counts) and one Gaussian of all the data
+    (``unconditional``), each fitted with :func:`gaussian_fit`.
+
+    Called as a sampler's denoiser ``model(x, sigma, label=None)``: the exact Gaussian denoisers, the
+    unconditional one for ``label=None`` (Li, Wang, Qu, 2025, https://arxiv.org/abs/2505.19210).
+    """
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor, *, ridge: float = 1e-3):
+        if not isinstance(labels, torch.Tensor) or labels.shape != (x.shape[0],) or labels.is_floating_point():
+            raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},)")
+        counts = torch.bincount(labels)
+        if (counts < 2).any():
+            raise ValueError("every class 0..max(labels) needs at least two samples")
+        fits = [gaussian_fit(x[labels == c], ridge=ridge) for c in range(len(counts))]
+        self.unconditional = gaussian_fit(x, ridge=ridge)
+        self.classes = GaussianMixture(torch.stack([f.mean for f in fits]), torch.stack([f.cov for f in fits]),
+                                       counts.to(x.dtype))
+
+    def class_fit(self, label: int) -> GaussianFit:
+        """The Gaussian of class ``label``."""
+        return GaussianFit(self.classes.means[label], self.classes.covariances[label])
+
+    def __call__(
+        self, x: torch.Tensor, sigma: float | torch.Tensor, label: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if label is not None:
+            return self.classes.denoise(x, sigma, label)
+        s = torch.as_tensor(sigma).reshape(-1)
+        if not bool((s == s[0]).all()):
+            raise ValueError("the unconditional linear denoiser takes one noise level per call")
+        return gaussian_denoise(x, float(s[0]), *self.unconditional)
+
+    def decomposition(self, x: torch.Tensor, sigma: float, label: int) -> CFGDecomposition:
+        """:func:`cfg_decomposition` of class ``label`` against the unconditional Gaussian."""
+        (mean_c, cov_c), (mean_u, cov_u) = self.class_fit(label), self.unconditional
+        return cfg_decomposition(x, sigma, mean_c=mean_c, cov_c=cov_c, mean_u=mean_u, cov_u=cov_u)

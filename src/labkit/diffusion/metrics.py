@@ -1,7 +1,9 @@
 """Distribution metrics for generated samples against exact ones: per-mode mass, k-NN precision /
-recall (coverage), kernel MMD and sliced Wasserstein distance."""
+recall (coverage), kernel MMD and the mean displacement between two runs from the same start."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -73,24 +75,22 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, *, bandwidths: tuple[float, ...] | No
     return total
 
 
-def sliced_wasserstein(
-    x: torch.Tensor, y: torch.Tensor, *, projections: int = 256, generator: torch.Generator | None = None
-) -> float:
-    """Sliced 2-Wasserstein distance over random unit directions (equal sample sizes: sorted matching;
-    otherwise quantiles on a common grid)."""
-    x, y = _check_pair(x, y)
-    if projections < 1:
-        raise ValueError(f"projections must be positive, got {projections}")
-    dirs = torch.randn(x.shape[1], projections, generator=generator, dtype=torch.float64).to(x.dtype)
-    dirs = (dirs / dirs.norm(dim=0, keepdim=True)).to(x.device)
-    px, py = (x @ dirs).sort(dim=0).values, (y @ dirs).sort(dim=0).values
-    if px.shape[0] != py.shape[0]:
-        q = torch.linspace(0, 1, max(px.shape[0], py.shape[0]), dtype=x.dtype, device=x.device)
-        px, py = torch.quantile(px, q, dim=0), torch.quantile(py, q, dim=0)
-    return ((px - py) ** 2).mean().sqrt().item()
+def displacement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean per-sample Euclidean distance ``mean_i |a_i - b_i|`` between two runs from the same start
+    (how far a cheaper sampler moved the samples of a reference one)."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape or a.ndim < 2:
+        raise ValueError("a and b must be tensors of the same shape (N, ...)")
+    return (a - b).flatten(1).norm(dim=1).mean().item()
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = 3) -> tuple[float, float]:
+class PrecisionRecall(NamedTuple):
+    """Improved precision (fidelity) and recall (coverage); unpacks as ``precision, recall``."""
+
+    precision: float
+    recall: float
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = 3) -> PrecisionRecall:
     """Improved precision and recall (Kynkäänniemi et al., 2019, https://arxiv.org/abs/1904.06991):
     precision = share of ``fake`` inside some real sample's k-NN ball (fidelity); recall = share of
     ``real`` inside some fake sample's k-NN ball (coverage / diversity)."""
@@ -104,4 +104,4 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = 3) -> t
     def inside(points: torch.Tensor, centres: torch.Tensor, r: torch.Tensor) -> float:
         return (_sq_dists(points, centres) <= r[None]).any(dim=1).double().mean().item()
 
-    return inside(fake, real, radii(real)), inside(real, fake, radii(fake))
+    return PrecisionRecall(inside(fake, real, radii(real)), inside(real, fake, radii(fake)))

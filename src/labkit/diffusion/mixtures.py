@@ -12,10 +12,21 @@ different one per sample) cost the same as the clean density.
 from __future__ import annotations
 
 import math
+import warnings
+from typing import NamedTuple
 
 import torch
 
+from labkit.autograd import check_generator, generator_device, randn
+
 Label = int | torch.Tensor | None
+
+
+class MixtureSample(NamedTuple):
+    """Samples (n, D) and the index of the component each came from (n,)."""
+
+    samples: torch.Tensor
+    components: torch.Tensor
 
 
 def as_sigma(sigma: float | torch.Tensor, n: int, *, like: torch.Tensor, allow_zero: bool = True) -> torch.Tensor:
@@ -169,25 +180,40 @@ class GaussianMixture:
         generator: torch.Generator | None = None,
         sigma: float = 0.0,
         return_components: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """``n`` samples (n, D) of the data (``sigma=0``) or of the noisy marginal at ``sigma``.
 
-        With ``return_components=True`` also returns each sample's component index (n,).
+        Numbers are drawn on the generator's device (the CPU by default) and moved to the mixture's
+        (labkit's generator rule). ``return_components=True`` is deprecated: use
+        :meth:`sample_components`, which also returns each sample's component.
         """
+        if return_components:
+            warnings.warn("sample(..., return_components=True) is deprecated; use sample_components(...)",
+                          DeprecationWarning, stacklevel=2)
+            return self.sample_components(n, generator=generator, sigma=sigma)  # type: ignore[return-value]
+        return self.sample_components(n, generator=generator, sigma=sigma).samples
+
+    def sample_components(
+        self, n: int, *, generator: torch.Generator | None = None, sigma: float = 0.0
+    ) -> MixtureSample:
+        """``n`` samples and the component each came from: ``x, comp = mixture.sample_components(n)``;
+        ``mixture.labels[comp]`` are their classes."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         if not math.isfinite(float(sigma)) or float(sigma) < 0:
             raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
-        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = torch.randn(n, self.dim, generator=generator, device=self.device, dtype=self.means.dtype)
+        check_generator(generator)
+        weights = self.weights.to(generator_device(generator))
+        comp = torch.multinomial(weights, n, replacement=True, generator=generator).to(self.device)
+        z = randn((n, self.dim), generator=generator, device=self.device, dtype=self.means.dtype)
         if self.diagonal:
             x = self.means[comp] + self.evals[comp].sqrt() * z
         else:
             scale = self.evecs[comp] * self.evals[comp].sqrt()[:, None, :]
             x = self.means[comp] + torch.einsum("nij,nj->ni", scale, z)
         if sigma > 0:
-            x = x + sigma * torch.randn(n, self.dim, generator=generator, device=self.device, dtype=x.dtype)
-        return (x, comp) if return_components else x
+            x = x + sigma * randn((n, self.dim), generator=generator, device=self.device, dtype=x.dtype)
+        return MixtureSample(x, comp)
 
     # ----------------------------------------------------------------- exact noisy quantities
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tiny conditional denoisers (EDM preconditioning) and a noisy classifier for the diffusion pillar.
+"""A tiny conditional denoiser (EDM preconditioning) for the diffusion pillar.
 
 Every denoiser is called as ``model(x, sigma, label=None)`` and returns the denoised estimate
 ``D(x, sigma) ~ E[x0 | x]`` for ``x = x0 + sigma * eps``. ``label=None`` (or the null class,
@@ -101,56 +101,3 @@ class MLPDenoiser(nn.Module):
             parts.append(self.label_embedding(lab))
         out = c_skip[:, None] * flat + c_out[:, None] * self.net(torch.cat(parts, dim=1))
         return out.reshape(shape)
-
-
-class DigitsDenoiser(MLPDenoiser):
-    """A small conditional denoiser for sklearn's 8x8 digits (64 pixels in [0, 1], 10 classes)."""
-
-    def __init__(
-        self,
-        num_classes: int = 10,
-        *,
-        hidden: int = 256,
-        depth: int = 3,
-        embed: int = 32,
-        sigma_data: float = 0.5,
-    ):
-        super().__init__(64, num_classes, hidden=hidden, depth=depth, embed=embed, sigma_data=sigma_data)
-
-
-class NoisyClassifier(nn.Module):
-    """A classifier of noisy inputs, ``logits = f(c_in x, c_noise)`` (N, num_classes), for classifier
-    guidance (Dhariwal & Nichol, 2021, https://arxiv.org/abs/2105.05233)."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_classes: int,
-        *,
-        hidden: int = 128,
-        depth: int = 2,
-        embed: int = 32,
-        sigma_data: float = 1.0,
-    ):
-        super().__init__()
-        if dim < 1 or num_classes < 2 or hidden < 1 or depth < 1:
-            raise ValueError(
-                f"need dim >= 1, num_classes >= 2, hidden, depth >= 1, got {dim}, {num_classes}, "
-                f"{hidden}, {depth}"
-            )
-        self.dim, self.num_classes, self.embed, self.sigma_data = dim, num_classes, embed, float(sigma_data)
-        layers: list[nn.Module] = []
-        width = dim + embed
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        flat = x.reshape(x.shape[0], -1)
-        if flat.shape[1] != self.dim:
-            raise ValueError(f"x must have {self.dim} features per sample, got shape {tuple(x.shape)}")
-        s = _sigma_vector(sigma, flat)
-        c_in = 1 / (s**2 + self.sigma_data**2).sqrt()
-        return self.net(torch.cat([flat * c_in[:, None], noise_embedding(s, self.embed)], dim=1))

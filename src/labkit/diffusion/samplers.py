@@ -6,6 +6,11 @@
   (Song et al., 2021), identical to an Euler step of the ODE, ``eta = 1`` draws from the DDPM posterior
   ``q(x_{s} | x_t, x0 = D)`` (Ho et al., 2020) written in sigma form.
 
+One signature for all samplers (as in k-diffusion): ``sampler(denoiser, x, sigmas, *, label=None,
+guidance=None, generator=None, trace=False) -> SampleResult``; :func:`sample_euler`, :func:`sample_heun`,
+:func:`sample_ddim` (``eta = 0``) and :func:`sample_ddpm` have it, ``SAMPLERS`` names them. Guidance
+(CFG, a guidance interval, adaptive guidance, classifier guidance) is a policy passed as ``guidance=``.
+
 Every sampler counts denoiser evaluations (``nfe``) and can record a per-step trace.
 """
 
@@ -17,6 +22,7 @@ from typing import Any
 
 import torch
 
+from labkit.autograd import randn
 from labkit.diffusion.guidance import GuidancePolicy
 from labkit.diffusion.schedules import check_sigmas
 
@@ -24,7 +30,7 @@ Denoiser = Callable[..., torch.Tensor]
 SOLVERS = ("euler", "heun")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleResult:
     """``samples`` at sigma = 0, ``nfe`` denoiser evaluations, the ``sigmas`` used, and with
     ``trace=True`` one row per step (``sigma``, ``sigma_next``, ``nfe``, ``guided``, ``x`` after the
@@ -173,7 +179,7 @@ def sample_ddim(
         down = max(0.0, s_next**2 - up**2) ** 0.5
         x = denoised + (down / s) * (x - denoised)
         if up > 0:
-            x = x + up * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + up * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         if rows is not None:
             rows.append(
                 {
@@ -204,19 +210,44 @@ def sample_ddpm(
     return sample_ddim(denoiser, x, sigmas, eta=1.0, label=label, guidance=guidance, generator=generator, trace=trace)
 
 
-def initial_noise(
-    n: int,
-    shape: tuple[int, ...] | int,
-    sigma_max: float,
+def sample_euler(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
     *,
+    label: int | torch.Tensor | None = None,
+    guidance: GuidancePolicy | None = None,
     generator: torch.Generator | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """``sigma_max * randn(n, *shape)``: the starting point of every sampler."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if not sigma_max > 0:
-        raise ValueError(f"sigma_max must be positive, got {sigma_max}")
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    return sigma_max * torch.randn((n, *shape), generator=generator, device=device, dtype=dtype)
+    trace: bool = False,
+) -> SampleResult:
+    """Euler steps of the probability-flow ODE (:func:`sample_ode` with ``solver="euler"``); ``generator``
+    is accepted for the common signature and unused (the ODE is deterministic)."""
+    return sample_ode(denoiser, x, sigmas, solver="euler", label=label, guidance=guidance, trace=trace)
+
+
+def sample_heun(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    label: int | torch.Tensor | None = None,
+    guidance: GuidancePolicy | None = None,
+    generator: torch.Generator | None = None,
+    trace: bool = False,
+) -> SampleResult:
+    """Heun steps of the probability-flow ODE (Karras et al., 2022, Algorithm 1; :func:`sample_ode`);
+    ``generator`` is accepted for the common signature and unused."""
+    return sample_ode(denoiser, x, sigmas, solver="heun", label=label, guidance=guidance, trace=trace)
+
+
+Sampler = Callable[..., SampleResult]
+SAMPLERS: dict[str, Sampler] = {"euler": sample_euler, "heun": sample_heun, "ddim": sample_ddim, "ddpm": sample_ddpm}
+
+
+def get_sampler(sampler: str | Sampler) -> Sampler:
+    """A sampler by name (``"euler"``, ``"heun"``, ``"ddim"``, ``"ddpm"``) or a sampler callable itself."""
+    if callable(sampler):
+        return sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {sorted(SAMPLERS)} or a sampler function")
+    return SAMPLERS[sampler]

@@ -40,36 +40,6 @@ def karras_sigmas(
     return sig.to(device=device, dtype=dtype)
 
 
-def ddpm_sigmas(
-    steps: int,
-    *,
-    train_steps: int = 1000,
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    append_zero: bool = True,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """The linear-beta DDPM schedule (Ho et al., 2020) in sigma form, ``sigma = sqrt((1 - abar) / abar)``,
-    subsampled to ``steps`` evenly spaced timesteps (DDIM's "uniform" skipping), highest first.
-
-    A VP sample ``z_t = sqrt(abar) x0 + sqrt(1 - abar) eps`` is ``sqrt(abar) * x_sigma``, so the DDPM /
-    DDIM samplers in :mod:`labkit.diffusion.samplers` run on these sigmas unchanged.
-    """
-    if not isinstance(steps, int) or steps < 1 or not isinstance(train_steps, int) or steps > train_steps:
-        raise ValueError(f"need 1 <= steps <= train_steps, got steps={steps!r}, train_steps={train_steps!r}")
-    if not 0 < beta_start < beta_end < 1:
-        raise ValueError(f"need 0 < beta_start < beta_end < 1, got {beta_start}, {beta_end}")
-    betas = torch.linspace(beta_start, beta_end, train_steps, dtype=torch.float64)
-    abar = torch.cumprod(1 - betas, dim=0)
-    sig_all = ((1 - abar) / abar).sqrt()
-    idx = torch.linspace(train_steps - 1, 0, steps, dtype=torch.float64).round().long()
-    sig = sig_all[idx]
-    if append_zero:
-        sig = torch.cat([sig, sig.new_zeros(1)])
-    return sig.to(device=device, dtype=dtype)
-
-
 def check_sigmas(sigmas: torch.Tensor | list[float]) -> torch.Tensor:
     """Validate a sampling schedule: 1-D, at least two levels, finite, >= 0, strictly decreasing."""
     s = torch.as_tensor(sigmas)

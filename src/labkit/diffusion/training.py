@@ -1,5 +1,4 @@
-"""Training tiny conditional denoisers (with label dropout) and noisy classifiers through
-:func:`labkit.training.fit`."""
+"""Training tiny conditional denoisers (with label dropout) through :func:`labkit.training.fit`."""
 
 from __future__ import annotations
 
@@ -103,54 +102,6 @@ def train_denoiser(
         seed=seed,
         progress=progress,
         desc="denoiser",
-    )
-    model.eval()
-    return history
-
-
-def train_noisy_classifier(
-    model: nn.Module,
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    steps: int = 1500,
-    batch_size: int = 512,
-    lr: float = 2e-3,
-    sigma_min: float = 0.01,
-    sigma_max: float = 80.0,
-    metrics: Mapping | None = None,
-    eval_every: int | None = None,
-    seed: int = 0,
-    progress: bool | None = None,
-) -> History:
-    """Train ``model(x, sigma) -> logits`` with cross-entropy on ``x + sigma eps``, ``log sigma``
-    uniform in [log sigma_min, log sigma_max] (the noisy classifier of classifier guidance)."""
-    _check_data(x, labels)
-    if not 0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
-    lo, hi = torch.tensor(sigma_min).log().item(), torch.tensor(sigma_max).log().item()
-
-    def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        x0, y = batch
-        sigma = (lo + (hi - lo) * torch.rand(x0.shape[0], device=x0.device, dtype=x0.dtype)).exp()
-        noisy = x0 + sigma.reshape(-1, *([1] * (x0.ndim - 1))) * torch.randn_like(x0)
-        return nn.functional.cross_entropy(m(noisy, sigma), y)
-
-    history = fit(
-        model,
-        loss_fn,
-        (x, labels),
-        optimizer=opt,
-        steps=steps,
-        batch_size=batch_size,
-        scheduler=sched,
-        metrics=metrics,
-        eval_every=eval_every,
-        seed=seed,
-        progress=progress,
-        desc="noisy classifier",
     )
     model.eval()
     return history
