@@ -3,6 +3,7 @@
 #   make test        ruff + unit tests + every notebook (nbval as shipped, papermill with seed 1) + browser test
 #   make lab         JupyterLab on 127.0.0.1 with a token
 #   make bench       side-by-side timings against the peer libraries (benchmarks/results/)
+#   make lock        refresh requirements-lock.txt (every transitive pin) from requirements.txt with pip-compile
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -12,19 +13,34 @@ JOBS   ?= 2
 NBVAL  := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --nbval-kernel-startup-timeout=180
 SEED   ?= 0
 SCALE  ?= teach
-TOKEN  ?= $(shell $(PYTHON) -c "import secrets; print(secrets.token_hex(16))")
+# Generated once per make run (`:=`), so the URL printed and the token JupyterLab gets are the same.
+ifndef TOKEN
+TOKEN  := $(shell $(PYTHON) -c "import secrets; print(secrets.token_hex(16))")
+endif
+LOCK   := requirements-lock.txt
 PORT   ?= 8888
 
-.PHONY: install reproduce test unit notebooks browser chromium lab bench lint strip clean
+.PHONY: install reproduce test unit notebooks browser chromium lab bench lint strip clean lock
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# The exact environment: every transitive dependency from the lock, then labkit itself (editable).
+$(STAMP): $(LOCK) requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r $(LOCK)
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (labkit)" >/dev/null
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
+
+# Refresh the lock after changing requirements.txt (pip-compile resolves with pip, so torch stays the pinned one).
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q pip-tools==7.6.2
+	$(VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links --allow-unsafe \
+	  --no-header --output-file $(LOCK) requirements.txt
+	sed -i -E 's/^torch==([0-9.]+)\+[a-z0-9]+/torch==\1/' $(LOCK)
 
 reproduce: install
 	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --jobs $(JOBS) --seed $(SEED) --scale $(SCALE)
