@@ -35,3 +35,10 @@ def test_errors():
         noisy_labels(y.float(), 0.1)
     with pytest.raises(ValueError, match="num_classes"):
         noisy_labels(y, 0.1, num_classes=2)
+
+
+def test_result_is_a_named_tuple_that_still_unpacks():
+    y = torch.arange(50) % 5
+    out = noisy_labels(y, 0.2, generator=torch.Generator().manual_seed(1))
+    noisy, flipped = out
+    assert out.labels is noisy and out.flipped is flipped and int(flipped.sum()) == 10

@@ -136,3 +136,27 @@ def test_m_sharpness_averages_batches_and_errors_are_clear():
         worst_case_sharpness(net, F.cross_entropy, x, rho=0.1)
     with pytest.raises(ValueError, match="params is empty"):
         worst_case_sharpness(net, F.cross_entropy, (x, y), rho=0.1, params=[])
+
+
+def test_every_submodule_mode_is_restored_and_foreign_params_are_refused():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    other = nn.Linear(4, 3)
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    net.train()
+    net[1].eval()  # a mixed state: model.train(was) afterwards would wrongly put the BatchNorm back in train mode
+    worst_case_sharpness(net, F.cross_entropy, (x, y), rho=0.1, steps=3)
+    hessian_top_eigenvalue(net, F.cross_entropy, (x, y))
+    assert net.training and net[0].training and not net[1].training
+    for fn, kw in [(worst_case_sharpness, dict(rho=0.1)), (hessian_top_eigenvalue, {}), (hessian_trace, {})]:
+        with pytest.raises(ValueError, match="not a parameter of model"):
+            fn(net, F.cross_entropy, (x, y), params=list(other.parameters()), **kw)
+
+
+def test_stationary_point_direction_follows_the_generator_rule():
+    # at the exact minimum the ascent starts from a random direction drawn on the (CPU) generator
+    h, c, _ = quadratic()
+    model = Quadratic(h, c, c)
+    a = worst_case_sharpness(model, mean_out, DATA, rho=0.5, steps=1, generator=torch.Generator().manual_seed(3))
+    b = worst_case_sharpness(model, mean_out, DATA, rho=0.5, steps=1, generator=torch.Generator().manual_seed(3))
+    assert a == b > 0
