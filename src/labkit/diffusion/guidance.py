@@ -94,18 +94,22 @@ class GuidancePolicy:
         if label is None:
             raise ValueError(f"{type(self).__name__} needs a label: pass label= to the sampler")
         s = float(sigma.reshape(-1)[0])
-        out = (
-            self.guide(denoiser, x, sigma, label, step=step)
-            if self.active(s)
-            else GuidanceOutput(denoiser(x, sigma, label), 1, False)
-        )
+        if self.active(s):
+            out = self.guide(denoiser, x, sigma, label, step=step)
+        else:
+            out = self.outside(denoiser, x, sigma, label)
         self.trace.append({"step": step, "sigma": s, "nfe": out.nfe, "guided": out.guided, **out.info})
         return out
 
     def guide(
         self, denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, label: torch.Tensor, *, step: int
     ) -> GuidanceOutput:
+        """The guided denoiser inside the interval (subclasses implement it)."""
         raise NotImplementedError
+
+    def outside(self, denoiser: Denoiser, x: torch.Tensor, sigma: torch.Tensor, label: torch.Tensor) -> GuidanceOutput:
+        """The ``w = 1`` form outside the interval: the conditional denoiser, one evaluation."""
+        return GuidanceOutput(denoiser(x, sigma, label), 1, False)
 
 
 class CFG(GuidancePolicy):
@@ -179,16 +183,9 @@ class ClassifierGuidance(GuidancePolicy):
     def guide(self, denoiser, x, sigma, label, *, step):
         return GuidanceOutput(self._apply(denoiser, x, sigma, label, self.scale), 1, True)
 
-    def __call__(self, denoiser, x, sigma, label, *, step):
-        if label is None:
-            raise ValueError("ClassifierGuidance needs a label: pass label= to the sampler")
-        s = float(sigma.reshape(-1)[0])
-        if self.active(s):
-            out = self.guide(denoiser, x, sigma, label, step=step)
-        else:  # scale 1 outside the interval: the classifier's idea of the conditional
-            out = GuidanceOutput(self._apply(denoiser, x, sigma, label, 1.0), 1, False)
-        self.trace.append({"step": step, "sigma": s, "nfe": out.nfe, "guided": out.guided})
-        return out
+    def outside(self, denoiser, x, sigma, label):
+        """Scale 1 outside the interval: the classifier's idea of the conditional."""
+        return GuidanceOutput(self._apply(denoiser, x, sigma, label, 1.0), 1, False)
 
     def __repr__(self) -> str:
         return f"ClassifierGuidance(scale={self.scale}, interval={self.interval})"

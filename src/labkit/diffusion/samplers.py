@@ -131,18 +131,8 @@ def sample_ode(
             x_next = x + (s_next - s) * 0.5 * (d + d2)
         x = x_next
         if rows is not None:
-            rows.append(
-                {
-                    "step": i,
-                    "sigma": s,
-                    "sigma_next": s_next,
-                    "nfe": ev.nfe - nfe0,
-                    "guided": guided,
-                    "x_in": x_in,
-                    "x": x,
-                    "denoised": denoised,
-                }
-            )
+            rows.append({"step": i, "sigma": s, "sigma_next": s_next, "nfe": ev.nfe - nfe0, "guided": guided,
+                         "x_in": x_in, "x": x, "denoised": denoised})
     return SampleResult(x, ev.nfe, torch.as_tensor(sig), rows, list(guidance.trace) if guidance else [])
 
 
@@ -181,18 +171,8 @@ def sample_ddim(
         if up > 0:
             x = x + up * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         if rows is not None:
-            rows.append(
-                {
-                    "step": i,
-                    "sigma": s,
-                    "sigma_next": s_next,
-                    "nfe": ev.nfe - nfe0,
-                    "guided": guided,
-                    "x_in": x_in,
-                    "x": x,
-                    "denoised": denoised,
-                }
-            )
+            rows.append({"step": i, "sigma": s, "sigma_next": s_next, "nfe": ev.nfe - nfe0, "guided": guided,
+                         "x_in": x_in, "x": x, "denoised": denoised})
     return SampleResult(x, ev.nfe, torch.as_tensor(sig), rows, list(guidance.trace) if guidance else [])
 
 
