@@ -122,9 +122,10 @@ def train_from(
     epoch unless ``eval_every`` says otherwise). ``batch_size=None`` is full-batch; mini-batches follow
     ``seed`` (:func:`labkit.training.fit`). ``schedule="cosine"`` anneals the learning rate to zero over
     the run. The history records ``"train loss"`` (``loss_fn`` on all of ``data``; ``train_loss=False``
-    saves that pass) and, with ``test``, ``"test accuracy"``; ``snapshots`` keeps the weights at those steps; ``stop_loss`` ends the run at the
-    first evaluation whose training loss is at most that value (matched-loss families, Andriushchenko et
-    al., 2023). ``init`` is left untouched, so every run of a comparison starts from the same weights.
+    saves that pass) and, with ``test``, ``"test accuracy"``; ``snapshots`` keeps the weights at those
+    steps; ``stop_loss`` ends the run at the first evaluation whose training loss is at most that value
+    (matched-loss families, Andriushchenko et al., 2023). ``init`` is left untouched, so every run of a
+    comparison starts from the same weights.
     """
     check_module(init, "init")
     x, y = as_pair(data)

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit.autograd import check_module
+
 _BN_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
 #: Module types whose affine parameters norm-only SAM perturbs (selected by type, never by name).
 NORM_LAYER_TYPES: tuple[type[nn.Module], ...] = (
@@ -76,8 +78,7 @@ def norm_parameters(
     Layers are recognised by module type (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm by
     default), so renaming a layer cannot silently change the selection (Mueller et al., 2023).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     chosen: list[nn.Parameter] = []
     seen: set[int] = set()
     for module in model.modules():
