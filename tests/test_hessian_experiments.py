@@ -79,6 +79,11 @@ def test_train_network_stops_at_the_target_loss_and_checks_its_options():
         train_network(net, (x, y), lr=0.0, steps=1)
     with pytest.raises(ValueError, match="target_loss"):
         train_network(net, (x, y), lr=0.1, steps=1, target_loss=-1.0)
+    with pytest.raises(ValueError, match="batch_seed"):
+        train_network(net, (x, y), lr=0.1, steps=1, batch_seed=-1)
+    # a 63-bit stream seed (run.seed_for) works for mini-batches
+    history = train_network(net, (x, y), lr=0.1, steps=3, optimizer="sgd", batch_size=8, batch_seed=2**62 + 5)
+    assert len(history.loss) == 3
 
 
 def test_width_class_spectra_gives_full_sorted_spectra():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.autograd import check_generator
+from labkit.autograd import check_generator, randn
 from labkit.data import digits
 from labkit.hessian import (
     GGNOperator,
@@ -82,7 +82,8 @@ def train_network(
 
     ``target_loss``: stop at the first step whose training loss is below it (the loss is checked every
     step), so that several networks are compared at the same loss (Sagun et al. 2018). ``batch_size=None``
-    is full-batch gradient descent; else seeded mini-batches (``batch_seed``).
+    is full-batch gradient descent; else seeded mini-batches (``batch_seed``, any non-negative int such as
+    ``run.seed_for("batches")``: it is reduced to 32 bits, as ``fit`` multiplies its seed into a 64-bit one).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
@@ -90,6 +91,8 @@ def train_network(
         raise ValueError(f"lr must be positive, got {lr!r}")
     if target_loss is not None and not target_loss > 0:
         raise ValueError(f"target_loss must be positive or None, got {target_loss!r}")
+    if isinstance(batch_seed, bool) or not isinstance(batch_seed, int) or batch_seed < 0:
+        raise ValueError(f"batch_seed must be a non-negative int, got {batch_seed!r}")
     make = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
     stop = None
     if target_loss is not None:
@@ -99,7 +102,7 @@ def train_network(
             return bool(h.loss) and h.loss[-1] < target_loss
 
     return fit(model, loss, data, optimizer=make(model.parameters(), lr=lr), steps=steps, batch_size=batch_size,
-               seed=batch_seed, metrics=metrics, eval_every=eval_every, snapshots=snapshots, stop_when=stop,
+               seed=batch_seed % 2**32, metrics=metrics, eval_every=eval_every, snapshots=snapshots, stop_when=stop,
                desc=desc)
 
 
@@ -220,8 +223,7 @@ def gradient_subspace_runs(
             op = HessianOperator(net, F.cross_entropy, (x, y))
             eig = top_eigenvalues(op, k=k, tol=tol, generator=generator)
             grad = op.gradient()
-            draws = torch.randn(op.numel, k, generator=generator, device=generator.device if generator else "cpu")
-            basis, _ = torch.linalg.qr(draws.to(x.device))
+            basis, _ = torch.linalg.qr(randn((op.numel, k), generator=generator, device=x.device))
             fractions.append(subspace_fraction(grad, eig.eigenvectors))
             random_fractions.append(subspace_fraction(grad, basis))
             sharpness.append(float(eig.eigenvalues[0]))
