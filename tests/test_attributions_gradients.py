@@ -10,6 +10,7 @@ from labkit.attributions import (
     ig_points,
     input_x_gradient,
     integrated_gradients,
+    integrated_gradients_with_delta,
     noise_scale,
     saliency,
     smoothgrad,
@@ -61,7 +62,7 @@ def test_saliency_and_input_x_gradient_match_captum():
 def test_integrated_gradients_match_captum(rule, method):
     model, x = small_cnn(), batch()
     base = torch.full_like(x, 0.2)
-    ours, delta = integrated_gradients(model, x, 3, baseline=base, steps=20, rule=rule, return_delta=True)
+    ours, delta = integrated_gradients_with_delta(model, x, 3, baseline=base, steps=20, rule=rule)
     ref, ref_delta = captum_attr.IntegratedGradients(model).attribute(
         x, baselines=base, target=3, n_steps=20, method=method, return_convergence_delta=True
     )
@@ -100,11 +101,35 @@ def test_ig_points_integrate_polynomials():
 
 def test_completeness_on_cnn():
     model, x = small_cnn(), batch(8)
-    ig, delta = integrated_gradients(model, x, 2, steps=64, return_delta=True)
+    ig, delta = integrated_gradients_with_delta(model, x, 2, steps=64)
     with torch.no_grad():
         gap = model(x)[:, 2] - model(torch.zeros_like(x))[:, 2]
     torch.testing.assert_close(ig.reshape(8, -1).sum(1) - gap, delta, atol=1e-12, rtol=0)
     assert (delta.abs() <= 0.01 * gap.abs()).all()
+
+
+def test_return_delta_flag_is_deprecated_but_unpacks_as_before():
+    model, x = small_cnn(), batch(3)
+    result = integrated_gradients_with_delta(model, x, 1, steps=16)
+    assert result.attributions.shape == x.shape and result.delta.shape == (3,)
+    with pytest.warns(DeprecationWarning, match="integrated_gradients_with_delta"):
+        attr, delta = integrated_gradients(model, x, 1, steps=16, return_delta=True)
+    torch.testing.assert_close(attr, result.attributions, atol=0, rtol=0)
+    torch.testing.assert_close(delta, result.delta, atol=0, rtol=0)
+    torch.testing.assert_close(integrated_gradients(model, x, 1, steps=16), attr, atol=0, rtol=0)
+    alphas, weights = ig_points(4, "riemann_left")
+    points = ig_points(4, "riemann_left")
+    assert torch.equal(points.alphas, alphas) and torch.equal(points.weights, weights)
+
+
+def test_generator_may_live_on_the_cpu_or_the_input_device():
+    model, x = small_cnn(), batch(2)
+    a = smoothgrad(model, x, 0, samples=3, generator=torch.Generator().manual_seed(0))
+    b = smoothgrad(model, x, 0, samples=3, generator=torch.Generator(device="cpu").manual_seed(0))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    if torch.cuda.is_available():
+        on_gpu = smoothgrad(model.cuda(), x.cuda(), 0, samples=3, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(on_gpu.cpu(), a, atol=1e-10, rtol=0)  # CPU draws, moved: the same noise
 
 
 def test_chunk_size_does_not_change_results():

@@ -5,6 +5,7 @@ the input's device; the caller's ``param.grad`` and train/eval modes are left as
 """
 
 from labkit.attributions.cam import (
+    LayerGrad,
     conservation_error,
     grad_cam,
     grad_cam_pp,
@@ -14,9 +15,12 @@ from labkit.attributions.cam import (
     xgrad_cam,
 )
 from labkit.attributions.gradients import (
+    IGResult,
+    Quadrature,
     ig_points,
     input_x_gradient,
     integrated_gradients,
+    integrated_gradients_with_delta,
     noise_scale,
     saliency,
     smoothgrad,
@@ -34,8 +38,10 @@ from labkit.attributions.metrics import (
     RoarResult,
     deletion_curve,
     feature_order,
+    gini_index,
     infidelity,
     insertion_curve,
+    instability,
     max_sensitivity,
     remove_features,
     roar,
@@ -44,19 +50,25 @@ from labkit.attributions.robust import pgd_perturb
 
 __all__ = [
     "Curve",
+    "IGResult",
+    "LayerGrad",
+    "Quadrature",
     "RoarResult",
     "combine_layer_maps",
     "conservation_error",
     "conv_blocks",
     "deletion_curve",
     "feature_order",
+    "gini_index",
     "grad_cam",
     "grad_cam_pp",
     "ig_points",
     "infidelity",
     "input_x_gradient",
     "insertion_curve",
+    "instability",
     "integrated_gradients",
+    "integrated_gradients_with_delta",
     "layer_activation_and_grad",
     "layer_maps",
     "map_correlation",

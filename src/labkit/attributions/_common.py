@@ -1,13 +1,20 @@
-"""Shared checks and the one gradient primitive every attribution method is built on."""
+"""Shared checks and the one gradient primitive every attribution method is built on.
+
+Model modes, the generator rule and chunking come from the autograd core (:mod:`labkit.autograd`):
+``train_mode(model, False)`` evaluates in eval mode and restores every submodule's flag; a
+``generator`` may live on the CPU or on the input's device, numbers are drawn on its device and then
+moved to the input's (``labkit.autograd.randn`` / ``rand``).
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from labkit import autograd
 
 # Input elements per forward/backward chunk when chunk_size="auto". Measured on a 2-core CPU, one
 # thread, batch 64 x 50 points through cnn(channels=(16, 32)) (benchmarks/bench_attributions.py):
@@ -118,21 +125,6 @@ class PointGrads:
         return input_grad(self.model, pts, target)[0]
 
 
-@contextmanager
-def eval_mode(model: object) -> Iterator[None]:
-    """Put an ``nn.Module`` in eval mode for the block and restore every submodule's flag afterwards."""
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
 def resolve_chunk(chunk_size: int | str, feature_numel: int) -> int:
     """Rows (perturbed inputs) per forward/backward pass."""
     if chunk_size == "auto":
@@ -142,30 +134,23 @@ def resolve_chunk(chunk_size: int | str, feature_numel: int) -> int:
     return chunk_size
 
 
-def _even_blocks(n: int, size: int) -> int:
-    """The shortest block length that still splits ``n`` items into the fewest blocks of at most ``size``
-    (50 points at 32 a chunk: 25 + 25, not 32 + 18; at 16: 13 + 13 + 13 + 11)."""
-    blocks = -(-n // size)
-    return -(-n // blocks)
-
-
 def chunks(n_points: int, n_examples: int, rows: int) -> Iterator[tuple[int, int, int, int]]:
     """Yield (p0, p1, e0, e1): blocks of path points / noise samples x examples of at most ``rows`` rows
     (at least one point of one example), of near-equal sizes.
 
     When a chunk holds every example, several points go together; otherwise each point is split
     over example blocks. Points are always visited in order, so random draws per point are reproducible
-    whatever the chunk size.
+    whatever the chunk size. Blocks are :func:`labkit.autograd.even_chunks` (50 points at 32 a chunk:
+    25 + 25, not 32 + 18).
     """
     if rows >= n_examples:
-        per = _even_blocks(n_points, max(1, rows // n_examples))
-        for p0 in range(0, n_points, per):
-            yield p0, min(n_points, p0 + per), 0, n_examples
+        for points in autograd.even_chunks(n_points, max(1, rows // n_examples)):
+            yield points.start, points.stop, 0, n_examples
     else:
-        per = _even_blocks(n_examples, rows)
+        blocks = autograd.even_chunks(n_examples, rows)
         for p in range(n_points):
-            for e0 in range(0, n_examples, per):
-                yield p, p + 1, e0, min(n_examples, e0 + per)
+            for examples in blocks:
+                yield p, p + 1, examples.start, examples.stop
 
 
 def check_positive_int(value: object, name: str) -> int:
@@ -186,10 +171,9 @@ def check_nonneg_float(value: object, name: str) -> float:
 
 
 def check_generator(generator: object, device: torch.device) -> torch.Generator | None:
-    if generator is None:
-        return None
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if generator.device.type != device.type:
-        raise ValueError(f"generator is on {generator.device} but the input is on {device}")
+    """labkit's generator rule: a ``torch.Generator`` on the CPU or on the input's ``device``, or None
+    (then torch's global CPU generator). Draw with ``labkit.autograd.randn(..., generator=, device=)``."""
+    generator = autograd.check_generator(generator)
+    if generator is not None and generator.device.type not in ("cpu", device.type):
+        raise ValueError(f"generator is on {generator.device}; it must be on the CPU or on the input's device {device}")
     return generator

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +23,10 @@ from labkit.attributions._common import (
     check_nonneg_float,
     check_positive_int,
     check_target,
-    eval_mode,
     target_score,
 )
 from labkit.attributions.gradients import noise_scale
+from labkit.autograd import randn, train_mode
 
 GRADCAM_PP_DERIVATIVES = ("closed_form", "exact")
 
@@ -64,15 +65,25 @@ def _capture(layer: nn.Module, replace: torch.Tensor | None = None) -> Iterator[
         handle.remove()
 
 
+class LayerGrad(NamedTuple):
+    """A layer's ``activations`` A (N, K, h, w), the ``gradient`` dS/dA of the summed target score and the
+    (N,) target ``scores`` (unpacks as ``a, g, s``)."""
+
+    activations: torch.Tensor
+    gradient: torch.Tensor
+    scores: torch.Tensor
+
+
 def layer_activation_and_grad(
     model: nn.Module, x: torch.Tensor, target: int | torch.Tensor, *, layer: nn.Module
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> LayerGrad:
     """Activations ``A`` (N, K, h, w) of ``layer``, the gradient dS/dA of the summed target score and
-    the (N,) scores. Only ``A`` is differentiated, so parameter gradients are never formed or stored."""
+    the (N,) scores, as a :class:`LayerGrad`. Only ``A`` is differentiated, so parameter gradients are
+    never formed or stored."""
     x = check_input(x)
     _check_layer(model, layer)
     t = check_target(target, x.shape[0], x.device)
-    with eval_mode(model), torch.enable_grad():
+    with train_mode(model, False), torch.enable_grad():
         xr = x.detach().requires_grad_(True)  # keeps a graph even when parameters are frozen
         with _capture(layer) as store:
             score = target_score(model, xr, t)
@@ -80,7 +91,7 @@ def layer_activation_and_grad(
             raise ValueError("layer was not called in the forward pass of the model")
         a = store[0]
         (g,) = torch.autograd.grad(score.sum(), a)
-    return a.detach(), g, score.detach()
+    return LayerGrad(a.detach(), g, score.detach())
 
 
 def _finish(cam: torch.Tensor, x: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:
@@ -156,7 +167,7 @@ def _exact_pp_terms(
     t = check_target(target, x.shape[0], x.device)
     n = x.shape[0]
     a_list, d1s, d2s, d3s = [], [], [], []
-    with eval_mode(model):
+    with train_mode(model, False):
         for i in range(n):  # one example at a time keeps the directional derivatives separate
             xi, ti = x[i : i + 1].detach(), t[i : i + 1]
             with torch.no_grad(), _capture(layer) as store:
@@ -237,7 +248,7 @@ def smooth_grad_cam_pp(
     d2 = torch.zeros_like(a)
     d3 = torch.zeros_like(a)
     for _ in range(samples):
-        eps = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        eps = randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         _, g, _ = layer_activation_and_grad(model, x.detach() + sigma * eps, target, layer=layer)
         d1 += g
         d2 += g.pow(2)
@@ -292,7 +303,7 @@ def conservation_error(
     """XGrad-CAM's conservation axiom residual ``|S - sum_ij L_ij| / |S|`` per example, with ``L`` the
     method's map before the ReLU at layer resolution (``method`` is grad_cam or xgrad_cam)."""
     cam = method(model, x, target, layer=layer, relu=False, upsample=False)
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), train_mode(model, False):
         t = check_target(target, x.shape[0], x.device)
         s = target_score(model, x, t)
     return (s - cam.sum(dim=(1, 2))).abs() / s.abs().clamp_min(1e-12)

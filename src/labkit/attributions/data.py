@@ -17,7 +17,9 @@ from labkit.data.core import Split, digits
 
 @dataclass
 class BlockDigits(Split):
-    """A Split of (N, 1, 16, 8) images plus masks (N, 1, 16, 8) of the block that holds the digit."""
+    """A Split of (N, 1, 16, 8) images plus masks (N, 1, 16, 8) of the block that holds the digit.
+
+    Not frozen: it extends the core's ``labkit.data.Split`` (a frozen dataclass cannot extend it)."""
 
     train_mask: torch.Tensor = None  # type: ignore[assignment]
     test_mask: torch.Tensor = None  # type: ignore[assignment]
@@ -65,7 +67,7 @@ def block_digits(
     return BlockDigits(tr, base.train_y, te, base.test_y, trm, tem).to(device)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Canvas:
     """Two-digit canvases: ``images`` (N, 1, 16, 16), ``labels`` (N, 2) distinct classes (left-to-right
     in the order placed), ``targets`` (N, 10) multi-hot, ``masks`` (N, 2, 16, 16) of each digit's square."""

@@ -8,7 +8,10 @@ Gradients are taken of the summed target score with the input as the only leaf, 
 
 from __future__ import annotations
 
+import typing
+import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,11 +25,11 @@ from labkit.attributions._common import (
     check_positive_int,
     check_target,
     chunks,
-    eval_mode,
     input_grad,
     resolve_chunk,
     target_score,
 )
+from labkit.autograd import randn, train_mode
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,7 +46,7 @@ def saliency(model: Model, x: torch.Tensor, target: int | torch.Tensor, *, abs: 
     check_model(model)
     x = check_input(x)
     t = check_target(target, x.shape[0], x.device)
-    with eval_mode(model):
+    with train_mode(model, False):
         g, _ = input_grad(model, x, t)
     return g.abs() if abs else g
 
@@ -95,13 +98,13 @@ def smoothgrad(
     total = torch.zeros_like(x)
     total_sq = torch.zeros_like(x) if kind != "mean" else None
     grad = PointGrads(model, x)
-    with eval_mode(model):
+    with train_mode(model, False):
         for p0, p1, e0, e1 in chunks(samples, n, rows):
             if e0 == 0 or p1 - p0 > 1:
                 # one draw of the full batch per sample index, in order (chunk-size independent)
                 eps = torch.stack(
                     [
-                        torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                        randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
                         for _ in range(p0, p1)
                     ]
                 )
@@ -121,9 +124,24 @@ def smoothgrad(
     return (mean_sq - mean.square()).clamp_min(0.0)
 
 
-def ig_points(
-    steps: int, rule: str, *, dtype: torch.dtype = torch.float64
-) -> tuple[torch.Tensor, torch.Tensor]:
+class Quadrature(NamedTuple):
+    """Path positions ``alphas`` in [0, 1] and their quadrature ``weights`` (unpacks as ``a, w``)."""
+
+    alphas: torch.Tensor
+    weights: torch.Tensor
+
+
+class IGResult(NamedTuple):
+    """Integrated Gradients with its completeness gap (unpacks as ``attr, delta``).
+
+    ``attributions`` is shaped like the input; ``delta`` (N,) is ``sum_i IG_i - (F(x) - F(b))``.
+    """
+
+    attributions: torch.Tensor
+    delta: torch.Tensor
+
+
+def ig_points(steps: int, rule: str, *, dtype: torch.dtype = torch.float64) -> Quadrature:
     """Path positions ``alpha`` in [0, 1] and quadrature weights for Integrated Gradients.
 
     Gauss-Legendre nodes mapped from [-1, 1]; Riemann left/right/middle use ``1/steps`` weights;
@@ -134,21 +152,21 @@ def ig_points(
         raise ValueError(f"rule must be one of {IG_RULES}, got {rule!r}")
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
-        return torch.tensor(0.5 * (nodes + 1), dtype=dtype), torch.tensor(0.5 * weights, dtype=dtype)
+        return Quadrature(torch.tensor(0.5 * (nodes + 1), dtype=dtype), torch.tensor(0.5 * weights, dtype=dtype))
     i = torch.arange(steps, dtype=dtype)
     w = torch.full((steps,), 1.0 / steps, dtype=dtype)
     if rule == "riemann_left":
-        return i / steps, w
+        return Quadrature(i / steps, w)
     if rule == "riemann_right":
-        return (i + 1) / steps, w
+        return Quadrature((i + 1) / steps, w)
     if rule == "riemann_middle":
-        return (i + 0.5) / steps, w
+        return Quadrature((i + 0.5) / steps, w)
     if steps < 2:
         raise ValueError("steps must be >= 2 for rule='riemann_trapezoid'")
     w = torch.full((steps,), 1.0 / (steps - 1), dtype=dtype)
     w[0] /= 2
     w[-1] /= 2
-    return torch.linspace(0, 1, steps, dtype=dtype), w
+    return Quadrature(torch.linspace(0, 1, steps, dtype=dtype), w)
 
 
 def _baseline(baseline: float | torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -167,24 +185,16 @@ def _baseline(baseline: float | torch.Tensor | None, x: torch.Tensor) -> torch.T
     return b
 
 
-def integrated_gradients(
+def _integrated_gradients(
     model: Model,
     x: torch.Tensor,
     target: int | torch.Tensor,
-    *,
-    baseline: float | torch.Tensor | None = None,
-    steps: int = 50,
-    rule: str = "gausslegendre",
-    chunk_size: int | str = "auto",
-    return_delta: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Integrated Gradients (Sundararajan, Taly & Yan, 2017, https://arxiv.org/abs/1703.01365).
-
-    ``IG_i = (x_i - b_i) * int_0^1 dF/dx_i(b + a (x - b)) da`` by the quadrature ``rule``
-    (see :func:`ig_points`); ``baseline`` defaults to zeros and may be a number, a tensor shaped like
-    ``x`` or like one example. With ``return_delta=True`` also returns the completeness gap per
-    example, ``sum_i IG_i - (F(x) - F(b))`` (shape (N,)).
-    """
+    baseline: float | torch.Tensor | None,
+    steps: int,
+    rule: str,
+    chunk_size: int | str,
+    with_delta: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     check_model(model)
     x = check_input(x)
     t = check_target(target, x.shape[0], x.device)
@@ -198,16 +208,61 @@ def integrated_gradients(
     total = torch.zeros_like(x)
     view = (-1,) + (1,) * x.ndim
     grad = PointGrads(model, x)
-    with eval_mode(model):
+    with train_mode(model, False):
         for p0, p1, e0, e1 in chunks(len(alphas), n, rows):
             k = p1 - p0
             pts = b[e0:e1].unsqueeze(0) + alphas[p0:p1].reshape(view) * diff[e0:e1].unsqueeze(0)
             g = grad(pts.reshape(k * (e1 - e0), *x.shape[1:]), t[e0:e1].repeat(k))
             total[e0:e1] += (g.reshape(k, e1 - e0, *x.shape[1:]) * weights[p0:p1].reshape(view)).sum(0)
         attr = diff * total
-        if not return_delta:
-            return attr
+        if not with_delta:
+            return attr, None
         with torch.no_grad():
             ends = target_score(model, torch.cat([x, b]), t.repeat(2))
-    delta = attr.reshape(n, -1).sum(1) - (ends[:n] - ends[n:])
-    return attr, delta
+    return attr, attr.reshape(n, -1).sum(1) - (ends[:n] - ends[n:])
+
+
+def integrated_gradients(
+    model: Model,
+    x: torch.Tensor,
+    target: int | torch.Tensor,
+    *,
+    baseline: float | torch.Tensor | None = None,
+    steps: int = 50,
+    rule: str = "gausslegendre",
+    chunk_size: int | str = "auto",
+    return_delta: bool = False,
+) -> torch.Tensor | IGResult:
+    """Integrated Gradients (Sundararajan, Taly & Yan, 2017, https://arxiv.org/abs/1703.01365).
+
+    ``IG_i = (x_i - b_i) * int_0^1 dF/dx_i(b + a (x - b)) da`` by the quadrature ``rule``
+    (see :func:`ig_points`); ``baseline`` defaults to zeros and may be a number, a tensor shaped like
+    ``x`` or like one example. Returns the attributions, shaped like ``x``.
+
+    For the completeness gap use :func:`integrated_gradients_with_delta`. ``return_delta=True`` still
+    works (deprecated): it returns that function's :class:`IGResult`, which unpacks as ``attr, delta``.
+    """
+    if return_delta:
+        warnings.warn("integrated_gradients(..., return_delta=True) is deprecated: call "
+                      "integrated_gradients_with_delta(...), which returns an IGResult (attributions, delta)",
+                      DeprecationWarning, stacklevel=2)
+        return integrated_gradients_with_delta(model, x, target, baseline=baseline, steps=steps, rule=rule,
+                                               chunk_size=chunk_size)
+    return _integrated_gradients(model, x, target, baseline, steps, rule, chunk_size, with_delta=False)[0]
+
+
+def integrated_gradients_with_delta(
+    model: Model,
+    x: torch.Tensor,
+    target: int | torch.Tensor,
+    *,
+    baseline: float | torch.Tensor | None = None,
+    steps: int = 50,
+    rule: str = "gausslegendre",
+    chunk_size: int | str = "auto",
+) -> IGResult:
+    """Integrated Gradients and its completeness gap per example, ``delta = sum_i IG_i - (F(x) - F(b))``
+    (shape (N,)): the paper's check that enough steps were taken (Sundararajan et al., 2017: within 5%
+    with 20-300 steps). Options as :func:`integrated_gradients`."""
+    attr, delta = _integrated_gradients(model, x, target, baseline, steps, rule, chunk_size, with_delta=True)
+    return IGResult(attr, typing.cast(torch.Tensor, delta))

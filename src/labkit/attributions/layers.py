@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from labkit.attributions._common import check_input, check_logits, eval_mode
+from labkit.attributions._common import check_input, check_logits
+from labkit.autograd import train_mode
 
 CORRELATIONS = ("spearman", "pearson")
 LayerMethod = Callable[..., torch.Tensor]
@@ -165,7 +166,7 @@ def max_min_class_correlation(
     x = check_input(x)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), train_mode(model, False):
         logits = check_logits(model(x), x.shape[0], torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
     top = logits.argmax(1)
     bottom = logits.argmin(1)

@@ -16,10 +16,10 @@ from labkit.attributions._common import (
     check_positive_int,
     check_target,
     chunks,
-    eval_mode,
     resolve_chunk,
     target_score,
 )
+from labkit.autograd import rand, randn, train_mode
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -64,13 +64,13 @@ def infidelity(
     x = x.detach()
     a_dot = torch.zeros(samples, n, dtype=x.dtype, device=x.device)  # I . phi
     diffs = torch.zeros_like(a_dot)  # f(x) - f(x - I)
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), train_mode(model, False):
         fx = target_score(model, x, t)
         for p0, p1, e0, e1 in chunks(samples, n, rows):
             if e0 == 0:
                 pert = torch.stack(
                     [
-                        noise * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                        noise * randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
                         for _ in range(p0, p1)
                     ]
                 )
@@ -118,7 +118,7 @@ def max_sensitivity(
     n = x.shape[0]
     best = torch.zeros(n, dtype=x.dtype, device=x.device)
     for _ in range(samples):
-        d = (2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * radius
+        d = (2 * rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * radius
         change = (explain(x + d, t).detach() - base).reshape(n, -1).norm(dim=1)
         best = torch.maximum(best, change)
     if normalize:
@@ -127,7 +127,7 @@ def max_sensitivity(
     return best
 
 
-@dataclass
+@dataclass(frozen=True)
 class Curve:
     """A deletion or insertion curve: ``fractions`` (S,), ``scores`` (N, S) and the trapezoid ``auc`` (N,)."""
 
@@ -180,7 +180,7 @@ def _curve(
     n_feat = order.shape[1]
     ks = torch.linspace(0, n_feat, steps + 1).round().long().tolist()
     scores = []
-    with torch.no_grad(), eval_mode(model):
+    with torch.no_grad(), train_mode(model, False):
         for k in ks:
             m = _feature_mask(order, k, x)
             xi = torch.where(m, x, fill) if insert else torch.where(m, fill, x)
@@ -245,12 +245,12 @@ def remove_features(
         idx = idx.flip(1)
     elif order == "random":
         gen = check_generator(generator, x.device)
-        idx = torch.rand(idx.shape, generator=gen, device=x.device).argsort(1)
+        idx = rand(idx.shape, generator=gen, device=x.device).argsort(1)
     k = round(fraction * idx.shape[1])
     return torch.where(_feature_mask(idx, k, x), torch.full_like(x, fill), x.detach())
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoarResult:
     """Test accuracy of a freshly trained model after removing each fraction of features."""
 
@@ -289,6 +289,28 @@ def roar(
         tr = remove_features(train_x, train_attr, f, order=order, fill=fill, generator=generator)
         te = remove_features(test_x, test_attr, f, order=order, fill=fill, generator=generator)
         model = train(tr, train_y)
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad(), train_mode(model, False):
             accs.append(float((model(te).argmax(1) == test_y).float().mean()))
     return RoarResult([float(f) for f in fractions], accs, order)
+
+
+def gini_index(maps: torch.Tensor) -> torch.Tensor:
+    """Concentration of each map, the Gini index of its absolute values (N,): 0 when the mass is spread
+    evenly, ``1 - 1/M`` when one of the ``M`` values holds it all (how "sharp" a saliency map is, the
+    visual claim of SmoothGrad, Smilkov et al., 2017, made a number)."""
+    if not isinstance(maps, torch.Tensor) or maps.ndim < 2 or not maps.is_floating_point():
+        raise TypeError(f"maps must be a floating tensor (N, ...), got {maps!r:.80}")
+    v = maps.detach().abs().flatten(1).sort(dim=1).values
+    m = v.shape[1]
+    k = torch.arange(1, m + 1, device=v.device, dtype=v.dtype)
+    return ((2 * k - m - 1) * v).sum(1) / (m * v.sum(1))
+
+
+def instability(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(a_i, b_i)`` per example (N,) between two batches of maps, e.g. the maps of ``x`` and of a
+    slightly jittered ``x`` (0 when the map does not change direction)."""
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise TypeError(f"a and b must be tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"a and b must be batches (N, ...) of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    return 1 - torch.nn.functional.cosine_similarity(a.detach().flatten(1), b.detach().flatten(1), dim=1)

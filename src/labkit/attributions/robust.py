@@ -18,8 +18,8 @@ from labkit.attributions._common import (
     check_nonneg_float,
     check_positive_int,
     check_target,
-    eval_mode,
 )
+from labkit.autograd import rand, train_mode
 
 
 def pgd_perturb(
@@ -60,8 +60,8 @@ def pgd_perturb(
 
     delta = torch.zeros_like(x)
     if random_start and eps > 0:
-        delta = project((2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * eps)
-    with eval_mode(model):
+        delta = project((2 * rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * eps)
+    with train_mode(model, False):
         for _ in range(steps):
             with torch.enable_grad():
                 d = delta.requires_grad_(True)

@@ -1,0 +1,215 @@
+"""The experiments of the attribution notebooks: the small models they explain, trained one way, the
+losses they train with, explainers with fixed noise draws, and the measures the notebooks compare.
+
+Randomness: the data split and the mini-batch order follow ``seed`` (an int); the model's initial
+weights come from torch's global generator, so seed them with ``with run.seeded("init"): ...``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labkit.attributions._common import check_input, check_nonneg_float, check_positive_int
+from labkit.attributions.data import Canvas
+from labkit.attributions.gradients import saliency
+from labkit.attributions.metrics import roar
+from labkit.attributions.robust import pgd_perturb
+from labkit.autograd import check_module, train_mode
+from labkit.data import Split, digits
+from labkit.models import cnn, mlp
+from labkit.training import LossFn, cross_entropy, fit, fit_loss
+
+Explain = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+multilabel_loss: LossFn = fit_loss(F.binary_cross_entropy_with_logits)
+multilabel_loss.__doc__ = ("The ``fit`` loss of a multi-label classifier, ``binary_cross_entropy_with_logits(model(x), "
+                           "y)`` with ``y`` multi-hot (the two-digit canvases: both digits are targets).")
+
+
+def saturating(z: torch.Tensor) -> torch.Tensor:
+    """``1 - ReLU(1 - z)``: the one-line network of Sundararajan, Taly & Yan (2017, section 2.1) whose
+    gradient vanishes at ``z = 2`` although the output changed from ``F(0) = 0`` to ``F(2) = 1``."""
+    return 1 - F.relu(1 - z)
+
+
+def fit_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    loss: LossFn = cross_entropy,
+    seed: int = 0,
+    desc: str = "training",
+    progress: bool | None = None,
+) -> nn.Module:
+    """Train ``model`` on ``(x, y)`` with Adam for ``steps`` mini-batch steps (``labkit.training.fit``,
+    batches drawn from ``seed``) and return it in eval mode. ``loss(model, (x, y))`` defaults to cross-entropy."""
+    check_module(model)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not callable(loss):
+        raise TypeError(f"loss must be a callable loss(model, (x, y)), got {type(loss).__name__}")
+    fit(model, loss, (x, y), optimizer=torch.optim.Adam(model.parameters(), lr=lr), steps=steps,
+        batch_size=batch_size, seed=seed, desc=desc, progress=progress)
+    return model.eval()
+
+
+class TrainedOnDigits(NamedTuple):
+    """A model trained on ``data`` (unpacks as ``model, data``)."""
+
+    model: nn.Module
+    data: Split
+
+
+def train_digits_cnn(
+    *,
+    channels: Sequence[int],
+    steps: int,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool | None = None,
+) -> TrainedOnDigits:
+    """The ReLU CNN with max-pooling on scikit-learn's 8x8 digits (split by ``seed``) whose input
+    gradients the SmoothGrad notebook smooths (Smilkov et al., 2017) and the infidelity notebook
+    scores (Yeh et al., 2019). The initial weights come from torch's global generator."""
+    data = digits(seed=seed, image=True, device=device)
+    model = cnn(1, 10, channels=tuple(channels), image_size=8).to(device)
+    fit_classifier(model, data.train_x, data.train_y, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                   desc="CNN on digits", progress=progress)
+    return TrainedOnDigits(model, data)
+
+
+def train_mlp(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hidden: Sequence[int],
+    classes: int,
+    steps: int,
+    loss: LossFn = cross_entropy,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> nn.Module:
+    """A fresh ReLU MLP on flat inputs ``x`` (N, D) trained by :func:`fit_classifier` (no progress bar:
+    ROAR retrains many of these). The initial weights come from torch's global generator."""
+    x = check_input(x)
+    if x.ndim != 2:
+        raise ValueError(f"x must be flat (N, D) for an MLP, got shape {tuple(x.shape)}")
+    classes = check_positive_int(classes, "classes")
+    model = mlp(x.shape[1], list(hidden), classes).to(x.device)
+    return fit_classifier(model, x, y, steps=steps, lr=lr, batch_size=batch_size, loss=loss, seed=seed,
+                          progress=False)
+
+
+def adversarial_loss(*, eps: float, steps: int) -> LossFn:
+    """The ``fit`` loss of PGD adversarial training (Madry et al., 2018): cross-entropy at the
+    :func:`pgd_perturb` point of the L-inf ball of radius ``eps`` (``steps`` ascent steps, random start
+    from torch's global generator)."""
+    eps = check_nonneg_float(eps, "eps")
+    steps = check_positive_int(steps, "steps")
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(pgd_perturb(model, x, y, eps=eps, steps=steps)), y)
+
+    return loss
+
+
+def explainer(
+    method: Callable[..., torch.Tensor],
+    model: nn.Module,
+    *,
+    generator: Callable[[], torch.Generator] | None = None,
+    **options: object,
+) -> Explain:
+    """``explain(x, target) = method(model, x, target, **options)``, the form ``max_sensitivity`` takes.
+
+    With ``generator`` (a zero-argument factory such as ``lambda: run.generator("smoothgrad")``) every
+    call draws its noise from a fresh generator: the same draws at every input, so a change of the map
+    measures the input's change, not a new Monte-Carlo sample (Yeh et al., 2019 smooth with fixed draws too).
+    """
+    if not callable(method):
+        raise TypeError(f"method must be an attribution function like saliency, got {type(method).__name__}")
+    if generator is not None and not callable(generator):
+        raise TypeError(f"generator must be a zero-argument factory of torch.Generator, got {type(generator).__name__}")
+
+    def explain(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if generator is None:
+            return method(model, x, target, **options)
+        return method(model, x, target, generator=generator(), **options)
+
+    return explain
+
+
+def own_digit_rate(method: Callable[..., torch.Tensor], model: nn.Module, canvas: Canvas, *, layer: nn.Module) -> float:
+    """Share of (canvas, class) maps with more mass on their own digit's square than on the other digit's
+    (Grad-CAM's class-discriminative localization, Selvaraju et al., 2017, on two-digit canvases; a
+    class-blind map scores 0.5). ``method(model, x, target, layer=layer)`` is a CAM like ``grad_cam``."""
+    if not isinstance(canvas, Canvas):
+        raise TypeError(f"canvas must be a labkit.attributions.data.Canvas, got {type(canvas).__name__}")
+    hits = []
+    for j in (0, 1):
+        cam = method(model, canvas.images, canvas.labels[:, j], layer=layer)
+        own = (cam * canvas.masks[:, j]).sum(dim=(1, 2))
+        other = (cam * canvas.masks[:, 1 - j]).sum(dim=(1, 2))
+        hits.append((own > other).float())
+    return torch.cat(hits).mean().item()
+
+
+@dataclass(frozen=True)
+class DiffRoar:
+    """ROAR test accuracies with the ``top`` and the ``bottom`` attributed fraction removed, per fraction."""
+
+    fractions: list[float]
+    top: list[float]
+    bottom: list[float]
+
+    @property
+    def diff(self) -> list[float]:
+        """DiffROAR (Shah et al., 2021): accuracy with the bottom removed minus with the top removed."""
+        return [b - t for t, b in zip(self.top, self.bottom, strict=True)]
+
+
+def diffroar(
+    model: nn.Module,
+    train: Callable[[torch.Tensor, torch.Tensor], nn.Module],
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    *,
+    fractions: Sequence[float],
+    explain: Callable[..., torch.Tensor] = saliency,
+) -> DiffRoar:
+    """DiffROAR (Shah, Jain & Netrapalli, 2021, https://arxiv.org/abs/2102.12781) of ``model``'s attributions:
+    rank pixels by ``|explain(model, x, predicted class)|``, remove the top and the bottom fraction from
+    train and test images, retrain with ``train(x, y)`` (:func:`labkit.attributions.roar`), compare test
+    accuracies. The predicted class, not the label: a label-dependent mask would leak the label."""
+    check_module(model)
+    if not callable(train):
+        raise TypeError("train must be a callable train(x, y) -> model")
+    with torch.no_grad(), train_mode(model, False):
+        pred_train, pred_test = model(train_x).argmax(1), model(test_x).argmax(1)
+    attr_train = explain(model, train_x, pred_train).abs()
+    attr_test = explain(model, test_x, pred_test).abs()
+    acc = {order: roar(train, train_x, train_y, test_x, test_y, attr_train, attr_test, fractions=fractions,
+                       order=order).accuracy for order in ("top", "bottom")}
+    return DiffRoar([float(f) for f in fractions], acc["top"], acc["bottom"])
+
+
+__all__ = [
+    "DiffRoar", "Explain", "TrainedOnDigits", "adversarial_loss", "diffroar", "explainer", "fit_classifier",
+    "multilabel_loss", "own_digit_rate", "saturating", "train_digits_cnn", "train_mlp",
+]
