@@ -19,6 +19,11 @@ nominal tolerance (PyHessian's is on the change of the eigenvalue, labkit's on t
 depends mostly on the random start vector). The ratio table compares each peer row with labkit's defaults (or
 the same method and budget) and with the fastest labkit row whose error is at most the peer's.
 
+The cached Hessian-vector product may call torch's autograd engine directly (``labkit/hessian/_fastpath.py``,
+skipping ``torch.autograd.grad``'s Python-side checks): the product and the default top-k Lanczos are also timed
+with that fast path switched off (rows marked "public torch.autograd.grad"), side by side. The ratio table keeps
+comparing the default (fast path on) rows.
+
 Usage: ``python benchmarks/bench_hessian.py [--repeats 5] [--out benchmarks/results/hessian.md]``
 """
 
@@ -46,11 +51,14 @@ from labkit.hessian import (
     top_eigenvalues,
     unflatten,
 )
+from labkit.hessian._fastpath import AVAILABLE as FAST_AVAILABLE
+from labkit.hessian._fastpath import use_fast_path
 from labkit.models import mlp
 
 HVP = "one Hessian-vector product"
 TRACE = "trace, 100 products"
 DENSITY = "density, 1 probe x 100 Lanczos steps"
+PUBLIC = "public torch.autograd.grad (LABKIT_FAST_HVP=0)"
 FLOAT32_FLOOR = 1e-6  # errors below this are the float32 rounding of the operators: they count as equal
 
 
@@ -145,6 +153,13 @@ def main() -> None:
         op = HessianOperator(model, F.cross_entropy, data, backend=backend)
         op @ v  # warm-up
         rows.append(Row(HVP, "labkit", backend, fn=lambda op=op: op @ v, report=hvp_report))
+        if backend == "double_backward" and FAST_AVAILABLE:
+            # the same product through the public torch.autograd.grad (the private fast path switched off)
+            def public_hvp(op: HessianOperator = op) -> torch.Tensor:
+                with use_fast_path(False):
+                    return op @ v
+
+            rows.append(Row(HVP, "labkit", f"{backend}, {PUBLIC}", fn=public_hvp, report=hvp_report))
 
     def lk_top(k: int, **kw: Any) -> Any:
         op = HessianOperator(model, F.cross_entropy, data)
@@ -159,6 +174,14 @@ def main() -> None:
         ]
         for kw, label in variants:
             rows.append(Row(top(k), "labkit", label, fn=lambda k=k, kw=kw: lk_top(k, **kw),
+                            report=lambda r, k=k: eig_report(
+                                exact, k, r.eigenvalues, f"{r.matvecs} products, converged={r.converged}")))
+        if FAST_AVAILABLE:
+            def public_top(k: int = k) -> Any:
+                with use_fast_path(False):
+                    return lk_top(k)
+
+            rows.append(Row(top(k), "labkit", f"Lanczos, defaults (tol=1e-5), {PUBLIC}", fn=public_top,
                             report=lambda r, k=k: eig_report(
                                 exact, k, r.eigenvalues, f"{r.matvecs} products, converged={r.converged}")))
 
@@ -312,7 +335,8 @@ def main() -> None:
     for peer in rows:
         if peer.library == "labkit" or not peer.seconds == peer.seconds:
             continue
-        lk = [r for r in rows if r.library == "labkit" and r.task == peer.task and r.seconds == r.seconds]
+        lk = [r for r in rows if r.library == "labkit" and r.task == peer.task and r.seconds == r.seconds
+              and PUBLIC not in r.variant]
         same = next((r for r in lk if r.variant == peer.vs), None)
         head = f"{same.seconds / peer.seconds:.2f} ({same.variant}, error {same.error:.1e})" if same else "-"
         good = [r for r in lk if r.error <= max(peer.error, FLOAT32_FLOOR)]
