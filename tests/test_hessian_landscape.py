@@ -138,3 +138,22 @@ def test_landscape_errors():
         loss_surface_1d(model, F.cross_entropy, (x, y), torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="alphas"):
         loss_surface_1d(model, F.cross_entropy, (x, y), random_direction(model), alphas=[])
+
+
+def test_surface_in_train_mode_leaves_batchnorm_buffers_grads_and_modes_as_found():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 2))
+    model[1].eval()  # a mixed mode: the guard restores each submodule's own flag
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    before = [t.clone() for t in [*model.parameters(), *model.buffers()]]
+    d = random_direction(model, generator=torch.Generator().manual_seed(0))
+    surface = loss_surface_1d(model, F.cross_entropy, (x, y), d, alphas=[-0.1, 0.0, 0.1], train_mode=True)
+    assert surface.losses.shape == (3,) and torch.isfinite(surface.losses).all()
+    after = [*model.parameters(), *model.buffers()]
+    assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert all(torch.equal(p.grad, torch.full_like(p, 3.0)) for p in model.parameters())
+    assert model.training and not model[1].training
+    with pytest.raises(AttributeError):
+        surface.losses = None
