@@ -17,6 +17,7 @@ from labkit.grokking import (
     node_frequencies,
     node_spectra,
     parameter_drift,
+    progress_lead,
     snapshot,
     train_grokking,
     weight_norm,
@@ -73,6 +74,8 @@ def test_nlm_cosine_closed_form_and_grad_untouched():
     w = model.weight.detach().reshape(-1)
     assert cos == pytest.approx((torch.dot(w, x[0]) / (w.norm() * x.norm())).item(), rel=1e-6)
     assert model.weight.grad is None
+    with pytest.raises(ValueError, match="not a parameter of model"):
+        nlm_cosine(model, lambda m: m(x).sum(), params=[nn.Linear(3, 1).weight])
 
 
 def test_weight_norm_and_parameter_drift():
@@ -155,3 +158,13 @@ def test_feature_purity_and_node_frequencies_on_pure_nodes():
     assert node_spectra(torch.stack([e, e])).shape == (4, p // 2)
     noisy = torch.randn(p, 200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert 0.2 < feature_purity(noisy) < 0.6
+
+
+def test_progress_lead_on_a_crafted_history():
+    h = {"step": [0, 10, 20, 30], "test_acc": [0.0, 0.05, 0.5, 1.0], "conc": [0.2, 0.5, 0.8, 1.0]}
+    # last evaluation with test < 0.1 is step 10: (0.5 - 0.2) / (1.0 - 0.2)
+    assert progress_lead(h, "conc") == pytest.approx(0.375)
+    assert progress_lead(h, "conc", below=0.6) == pytest.approx(0.75)
+    assert math.isnan(progress_lead({**h, "conc": [1.0] * 4}, "conc"))
+    with pytest.raises(ValueError, match="never below"):
+        progress_lead({**h, "test_acc": [0.5] * 4}, "conc")

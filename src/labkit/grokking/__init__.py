@@ -29,6 +29,7 @@ from labkit.grokking.progress import (
     node_frequencies,
     node_spectra,
     parameter_drift,
+    progress_lead,
     snapshot,
     softmax_collapse_fraction,
     weight_norm,
@@ -59,7 +60,7 @@ __all__ = [
     "feature_purity", "fourier_concentration", "fourier_power", "fresh_model", "grok_step",
     "key_frequencies", "log_spaced_steps", "log_stablemax", "logistic_loss", "make_optimizer",
     "modular_arithmetic", "modular_run", "mse_one_hot_loss", "nlm_cosine", "node_frequencies",
-    "node_spectra", "parameter_drift", "perpendicular_gradient", "plane_decision_maps", "snapshot",
+    "node_spectra", "parameter_drift", "perpendicular_gradient", "plane_decision_maps", "progress_lead", "snapshot",
     "softmax_collapse_fraction", "softmax_cross_entropy", "stable_s", "stablemax",
     "stablemax_cross_entropy", "train_grokking", "train_xor", "weight_norm", "xor_clusters", "xor_loss",
 ]

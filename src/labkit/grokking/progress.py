@@ -5,19 +5,23 @@
 - ``softmax_collapse_fraction`` and ``nlm_cosine``: Softmax Collapse and the alignment of the gradient
   with the naive-loss-minimization direction (Prieto et al., 2025, arXiv:2501.04697).
 - ``fourier_power`` / ``fourier_concentration`` / ``key_frequencies``: how much of an embedding's
-  variation over residues lives in a few frequencies (Nanda et al., 2023, arXiv:2301.05217).
+  variation over residues lives in a few frequencies (Nanda et al., 2023, arXiv:2301.05217);
+  ``progress_lead``: how much of such a measure's rise comes before the test accuracy moves.
 - ``weight_norm`` and ``parameter_drift``: how large the weights are and how far they moved from a
   reference (Tian, 2025, arXiv:2509.21519: lazy memorization keeps the hidden layer near its start).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from labkit.autograd import flatten, resolve_params, zeros_if_none
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,24 @@ def grok_step(history: Any, *, train: str = "train_acc", test: str = "test_acc",
     return GrokSummary(first(tr, train_threshold), first(te, test_threshold), train_threshold, test_threshold)
 
 
+def progress_lead(history: Any, measure: str, *, test: str = "test_acc", below: float = 0.1) -> float:
+    """The share of a progress measure's rise (first to last evaluation) already made at the last evaluation
+    where the test accuracy is still below ``below``.
+
+    Nanda et al. (2023) find that progress measures such as the Fourier concentration of the embedding rise
+    gradually, well before the test accuracy jumps: a share well above 0 says the measure leads. NaN when
+    the measure did not change; a ValueError when the test accuracy is never below ``below``.
+    """
+    if not 0.0 < below <= 1.0:
+        raise ValueError(f"below must be in (0, 1], got {below!r}")
+    values, acc = list(history[measure]), list(history[test])
+    low = [i for i, a in enumerate(acc) if a < below]
+    if not low:
+        raise ValueError(f"the {test!r} column is never below {below}: no evaluation before the jump")
+    rise = values[-1] - values[0]
+    return math.nan if rise == 0 else (values[low[-1]] - values[0]) / rise
+
+
 def softmax_collapse_fraction(logits: torch.Tensor, target: torch.Tensor, *,
                               dtype: torch.dtype = torch.float32) -> float:
     """Share of examples in Softmax Collapse: their cross-entropy, computed in ``dtype``, is exactly 0.
@@ -85,10 +107,6 @@ def softmax_collapse_fraction(logits: torch.Tensor, target: torch.Tensor, *,
         return (losses == 0).float().mean().item()
 
 
-def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
 def nlm_cosine(model: nn.Module, loss: Callable[[nn.Module], torch.Tensor] | torch.Tensor, *,
                params: Sequence[torch.Tensor] | None = None) -> float:
     """cos(-grad L, theta): alignment of the descent direction with the naive-loss-minimization direction.
@@ -98,16 +116,16 @@ def nlm_cosine(model: nn.Module, loss: Callable[[nn.Module], torch.Tensor] | tor
     that direction (cosine near 1) after memorization. ``loss`` is a scalar tensor built from ``model``
     or a callable ``loss(model)``. Uses ``torch.autograd.grad``: ``param.grad`` is left untouched.
     """
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    params = [p for p in resolve_params(model, params) if p.requires_grad]  # refuses another model's tensors
     if not params:
-        raise ValueError("model has no trainable parameters")
+        raise ValueError("model has no trainable parameters among params")
     with torch.enable_grad():
         value = loss(model) if callable(loss) else loss
         if not isinstance(value, torch.Tensor) or value.numel() != 1:
             raise ValueError("loss must be a scalar tensor or a callable returning one")
         grads = torch.autograd.grad(value, params, allow_unused=True)
-    g = _flat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(params, grads, strict=True)])
-    w = _flat([p.detach() for p in params])
+    g = flatten(zeros_if_none(grads, params))
+    w = flatten([p.detach() for p in params])
     return torch.nn.functional.cosine_similarity(-g, w, dim=0).item()
 
 
