@@ -205,16 +205,16 @@ def gradient_subspace_runs(
     generator: torch.Generator | None = None,
 ) -> dict[str, SubspaceRun]:
     """Gur-Ari, Roberts and Dyer, *Gradient Descent Happens in a Tiny Subspace* (2018): train the MLP
-    ``64 -> hidden -> 10`` with SGD for each ``name -> (lr, batch_size)`` (``None``: full batch), all from the
-    same ``init_seed``, and at each of ``eval_steps`` measure the fraction of the full-batch gradient in the
-    top-``k`` Hessian eigenspace (Lanczos to ``tol``) and in a random ``k``-dimensional subspace. ``generator``
-    draws the Lanczos starts and the random subspaces."""
+    ``D -> hidden -> C`` (``C = y.max() + 1``) with SGD for each ``name -> (lr, batch_size)`` (``None``: full
+    batch), all from the same ``init_seed``, and at each of ``eval_steps`` measure the fraction of the full-batch
+    gradient in the top-``k`` Hessian eigenspace (Lanczos to ``tol``) and in a random ``k``-dimensional subspace.
+    ``generator`` draws the Lanczos starts and the random subspaces."""
     if not eval_steps or max(eval_steps) > steps:
         raise ValueError(f"eval_steps must be non-empty and within [0, steps={steps}], got {list(eval_steps)}")
-    out = {}
+    out, classes = {}, int(y.max()) + 1
     for name, (lr, batch) in runs.items():
         with seeded_init(init_seed, x.device):
-            net = mlp(64, [hidden], 10).to(x.device)
+            net = mlp(x.shape[1], [hidden], classes).to(x.device)
         history = train_network(net, (x, y), lr=lr, steps=steps, optimizer="sgd", batch_size=batch,
                                 batch_seed=batch_seed, snapshots=eval_steps, desc=name)
         fractions, random_fractions, sharpness = [], [], []
