@@ -81,3 +81,7 @@ def test_two_layer_relu_matches_formula_and_restriction():
     assert [n for n, _ in net.named_parameters()] == ["weight"]  # the second layer is fixed
     with pytest.raises(ValueError, match="even"):
         TwoLayerReLU(3, 5)
+    with pytest.raises(TypeError, match="generator"):
+        TwoLayerReLU(6, 4, generator=0)
+    same = TwoLayerReLU(6, 4, init_scale=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same.weight, torch.randn(4, 6, generator=torch.Generator().manual_seed(0)))

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.autograd import randn
 from labkit.data.core import Split
 from labkit.training import History, accuracy, fit, fit_loss
 
@@ -117,7 +118,8 @@ class TwoLayerReLU(nn.Module):
         super().__init__()
         if width < 2 or width % 2:
             raise ValueError(f"width must be an even number >= 2, got {width}")
-        self.weight = nn.Parameter(torch.randn(width, in_features, generator=generator) * init_scale)
+        # the generator rule: drawn on the generator's device (CPU by default), the module starts on the CPU
+        self.weight = nn.Parameter(randn((width, in_features), generator=generator, device="cpu") * init_scale)
         signs = torch.cat([torch.ones(width // 2), -torch.ones(width // 2)])
         self.register_buffer("a", signs / math.sqrt(width))
 
