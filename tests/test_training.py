@@ -93,6 +93,8 @@ def test_finished_checkpoint_is_not_trained_again(tmp_path):
 
 def test_batches_are_a_pure_function_of_seed_and_step():
     data = (torch.arange(10), torch.arange(10) * 2)
+    big = 2**62 + 12345  # a Run.seed_for stream seed: 63 bits
+    assert torch.equal(batch_at(data, 3, 4, seed=big)[0], batch_at(data, 3, 4, seed=big)[0])
     b1, b2 = batch_at(data, 3, 4, seed=0), batch_at(data, 3, 4, seed=0)
     assert torch.equal(b1[0], b2[0]) and torch.equal(b1[1], 2 * b1[0])
     epoch = torch.cat([batch_at(data, s, 4, seed=0)[0] for s in range(3)])

@@ -98,11 +98,13 @@ def _check_data(data: Batch | None) -> int:
 
 
 def batch_at(data: Batch, step: int, batch_size: int, seed: int) -> Batch:
-    """The mini-batch of ``step``: epoch-wise permutations seeded by (seed, epoch); a pure function."""
+    """The mini-batch of ``step``: epoch-wise permutations seeded by (seed, epoch); a pure function.
+
+    Any non-negative seed works, the 63-bit stream seeds of ``Run.seed_for`` included (reduced mod 2**64)."""
     n = data[0].shape[0]
     per_epoch = math.ceil(n / batch_size)
     epoch, index = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**64))
     idx = perm[index * batch_size:(index + 1) * batch_size].to(data[0].device)
     return tuple(t[idx] for t in data)
 
@@ -168,6 +170,8 @@ def fit(
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     if on_nonfinite not in ("raise", "stop"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int (the mini-batch order's seed), got {seed!r}")
     n = _check_data(data)
     metrics = dict(metrics or {})
     should_eval = _eval_schedule(eval_every, steps)

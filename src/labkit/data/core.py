@@ -44,7 +44,10 @@ def digits(
 
     ``image=True`` gives shape (N, 1, 8, 8), else (N, 64). ``classes`` keeps a subset of digits and
     relabels them 0..len(classes)-1 in the given order. Bundled with scikit-learn: no download.
+    ``seed`` is any non-negative int (a ``Run.seed_for`` stream seed too; scikit-learn gets it mod 2**32).
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -61,7 +64,7 @@ def digits(
         relabel[classes] = np.arange(len(classes))
         keep = relabel[y] >= 0
         x, y = x[keep], relabel[y[keep]]
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed % 2**32, stratify=y)
     shape = (-1, 1, 8, 8) if image else (-1, 64)
 
     def as_x(a: np.ndarray) -> torch.Tensor:
