@@ -17,8 +17,10 @@ from labkit.sam import (
     MatchedSharpness,
     SharpnessMeasures,
     TopEigenvalue,
+    TraceEstimate,
     Trained,
     hessian_top_eigenvalue,
+    hessian_trace,
     kendall_tau,
     make_optimizer,
     matched_loss_sharpness,
@@ -152,7 +154,12 @@ def test_top_eigenvalue_is_a_float_that_carries_convergence():
         value.converged = True
     back = pickle.loads(pickle.dumps(value))
     assert back == 2.5 and not back.converged and back.residual == 1e-3
+    tr = TraceEstimate(3.0, stderr=0.5, samples=10)
+    assert tr + 1 == 4.0 and tr.stderr == 0.5 and tr.samples == 10 and "stderr=0.5" in repr(tr)
+    assert pickle.loads(pickle.dumps(tr)).stderr == 0.5
     x, y = data()
+    est = hessian_trace(small_net(), F.cross_entropy, (x, y), samples=8, generator=torch.Generator().manual_seed(0))
+    assert isinstance(est, TraceEstimate) and est.samples == 8 and est.stderr > 0
     lam = hessian_top_eigenvalue(small_net(), F.cross_entropy, (x, y))
     assert isinstance(lam, TopEigenvalue) and lam.converged and 0 <= lam.residual <= 1e-4
 

@@ -21,11 +21,17 @@ from labkit.sam.experiments import (
 )
 from labkit.sam.noise import noisy_labels
 from labkit.sam.optim import NORM_LAYER_TYPES, SAM, frozen_running_stats, norm_only_sam, norm_parameters
-from labkit.sam.sharpness import TopEigenvalue, hessian_top_eigenvalue, hessian_trace, worst_case_sharpness
+from labkit.sam.sharpness import (
+    TopEigenvalue,
+    TraceEstimate,
+    hessian_top_eigenvalue,
+    hessian_trace,
+    worst_case_sharpness,
+)
 
 __all__ = [
     "MEASURES", "NORM_LAYER_TYPES", "OPTIMIZERS", "SAM", "MatchedSharpness", "SharpnessMeasures", "TopEigenvalue",
-    "Trained", "frozen_running_stats", "hessian_top_eigenvalue", "hessian_trace", "kendall_tau", "make_optimizer",
-    "matched_loss_sharpness", "noisy_labels", "norm_only_sam", "norm_parameters", "sharpness_measures",
-    "snapshot_top_eigenvalue", "train_from", "worst_case_sharpness",
+    "TraceEstimate", "Trained", "frozen_running_stats", "hessian_top_eigenvalue", "hessian_trace", "kendall_tau",
+    "make_optimizer", "matched_loss_sharpness", "noisy_labels", "norm_only_sam", "norm_parameters",
+    "sharpness_measures", "snapshot_top_eigenvalue", "train_from", "worst_case_sharpness",
 ]

@@ -2,7 +2,8 @@
 
 * :func:`hessian_top_eigenvalue` and :func:`hessian_trace`: curvature of the mean loss, through
   ``labkit.hessian``'s public operator and solvers. The top eigenvalue is a :class:`TopEigenvalue`, a
-  ``float`` that also carries the solver's ``converged`` flag and ``residual``.
+  ``float`` that also carries the solver's ``converged`` flag and ``residual``; the trace a
+  :class:`TraceEstimate`, a ``float`` with its ``stderr``.
 * :func:`worst_case_sharpness`: ``max_{||delta|| <= rho} L(w + delta) - L(w)``, and with
   ``adaptive=True`` the adaptive variant ``max_{||delta / |w| || <= rho}`` that is invariant to the
   rescalings a ReLU network allows (Kwon et al., 2021; Andriushchenko et al., 2023,
@@ -56,6 +57,29 @@ class TopEigenvalue(float):
         return f"TopEigenvalue({float(self)!r}, converged={self.converged}, residual={self.residual:.2e})"
 
 
+class TraceEstimate(float):
+    """Hutchinson's estimate of ``trace(H)`` as a plain ``float`` that also carries its standard error
+    (``stderr``) and the number of probes (``samples``)."""
+
+    stderr: float
+    samples: int
+
+    def __new__(cls, value: float, stderr: float = 0.0, samples: int = 0) -> TraceEstimate:
+        obj = super().__new__(cls, value)
+        object.__setattr__(obj, "stderr", float(stderr))
+        object.__setattr__(obj, "samples", int(samples))
+        return obj
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a TraceEstimate is read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (float(self), self.stderr, self.samples))
+
+    def __repr__(self) -> str:
+        return f"TraceEstimate({float(self)!r}, stderr={self.stderr:.3g}, samples={self.samples})"
+
+
 def _check(model: nn.Module, data: object, params: Sequence[nn.Parameter] | None
            ) -> tuple[torch.Tensor, torch.Tensor, list[nn.Parameter]]:
     check_module(model)
@@ -97,13 +121,14 @@ def hessian_trace(
     params: Sequence[nn.Parameter] | None = None,
     samples: int = 100,
     generator: torch.Generator | None = None,
-) -> float:
+) -> TraceEstimate:
     """Hutchinson estimate of ``trace(H)`` of the mean loss with ``samples`` Rademacher probes
-    (via ``labkit.hessian.hutchinson_trace``)."""
+    (via ``labkit.hessian.hutchinson_trace``): a :class:`TraceEstimate`, a float with ``.stderr``."""
     x, y, chosen = _check(model, data, params)
     with preserve_model(model, params=False):
         op = HessianOperator(model, loss_fn, (x, y), params=chosen)
-        return float(hutchinson_trace(op, samples=samples, generator=generator).estimate)
+        result = hutchinson_trace(op, samples=samples, generator=generator)
+    return TraceEstimate(float(result.estimate), stderr=float(result.stderr), samples=int(result.samples))
 
 
 def _norm(ts: list[torch.Tensor]) -> torch.Tensor:
