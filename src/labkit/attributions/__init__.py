@@ -1,7 +1,13 @@
 """Gradient attributions: input-gradient methods, class activation maps and their evaluation metrics.
 
 Every method is a plain function ``f(model, x, target, *, ...)`` returning signed, unscaled tensors on
-the input's device; the caller's ``param.grad`` and train/eval modes are left as they were.
+the input's device; the caller's ``param.grad`` and train/eval modes are left as they were. Results
+with more than one value are NamedTuples (``LayerGrad``, ``IGResult``, ``Quadrature``) or frozen
+dataclasses (``Curve``, ``RoarResult``).
+
+``labkit.attributions.data`` holds the pillar's data sets (BlockDigits, two-digit canvases) and
+``labkit.attributions.experiments`` the notebooks' experiments (the models they train, their losses,
+explainers with fixed noise, DiffROAR).
 """
 
 from labkit.attributions.cam import (
