@@ -24,7 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.autograd import as_pair, check_generator, check_module
+from labkit import checks
+from labkit.autograd import check_generator, check_module
+from labkit.sam._inputs import (
+    check_data,
+    check_loss_fn,
+    check_options,
+    optimizer_defaults,
+    optional_number,
+    optional_positive_int,
+)
 from labkit.sam.optim import SAM, norm_only_sam
 from labkit.sam.sharpness import TopEigenvalue, hessian_top_eigenvalue, hessian_trace, worst_case_sharpness
 from labkit.training import History, accuracy, fit, fit_loss
@@ -57,12 +66,17 @@ def make_optimizer(
     check_module(model)
     if not isinstance(kind, str) or kind.lower() not in OPTIMIZERS:
         raise ValueError(f"kind must be one of {OPTIMIZERS}, got {kind!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    lr = checks.number(lr, "lr", low=0, low_open=True)
+    rho = optional_number(rho, "rho", low=0)
+    if not (isinstance(base, type) and issubclass(base, torch.optim.Optimizer)):
+        raise TypeError(f"base must be a torch.optim.Optimizer subclass such as torch.optim.SGD, got {base!r}")
     kind = kind.lower()
     params = [p for p in model.parameters() if p.requires_grad]
+    floating = [p for p in params if p.is_floating_point()]
+    check_options({"lr": lr, **base_kwargs}, reference=optimizer_defaults(base),
+                  dtype=floating[0].dtype if floating else None)
     if kind == "sgd":
-        if rho not in (None, 0, 0.0):
+        if rho not in (None, 0.0):
             raise ValueError(f"rho is a SAM radius; kind='sgd' takes none, got rho={rho!r}")
         return base(params, lr=lr, **base_kwargs)
     radius = DEFAULT_RHO if rho is None else rho
@@ -77,12 +91,6 @@ class Trained(NamedTuple):
 
     model: nn.Module
     history: History
-
-
-def _positive_int(value: object, name: str) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
 
 
 def _loss_metric(loss_fn: Criterion, x: torch.Tensor, y: torch.Tensor) -> Callable[[nn.Module], float]:
@@ -128,22 +136,22 @@ def train_from(
     comparison starts from the same weights.
     """
     check_module(init, "init")
-    x, y = as_pair(data)
-    _positive_int(batch_size, "batch_size")
+    check_loss_fn(loss_fn)
+    x, y = check_data(init, data, loss_fn=loss_fn)
+    optional_positive_int(batch_size, "batch_size")
     if (steps is None) == (epochs is None):
         raise ValueError(f"give exactly one of steps and epochs, got steps={steps!r}, epochs={epochs!r}")
     if epochs is not None:
-        _positive_int(epochs, "epochs")
+        checks.positive_int(epochs, "epochs")
         per_epoch = -(-len(x) // (batch_size or len(x)))
         steps = epochs * per_epoch
         eval_every = per_epoch if eval_every is None else eval_every
-    _positive_int(steps, "steps")
+    checks.positive_int(steps, "steps")
     if schedule not in (None, "cosine"):
         raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
-    if stop_loss is not None and not (isinstance(stop_loss, (int, float)) and math.isfinite(stop_loss)):
-        raise ValueError(f"stop_loss must be a finite number or None, got {stop_loss!r}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be a callable (outputs, targets) -> loss, got {type(loss_fn).__name__}")
+    stop_loss = optional_number(stop_loss, "stop_loss")
+    if test is not None:
+        check_data(init, test, "test", classes=True)
     model = copy.deepcopy(init)
     optimizer = make_optimizer(model, kind, lr=lr, rho=rho, base=base, **base_kwargs)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if schedule == "cosine" else None
@@ -153,7 +161,7 @@ def train_from(
     if train_loss:
         metrics["train loss"] = _loss_metric(loss_fn, x, y)
     if test is not None:
-        x_test, y_test = as_pair(test, "test")
+        x_test, y_test = test
         metrics["test accuracy"] = lambda m: accuracy(m, x_test, y_test)
     stop_when = None if stop_loss is None else (lambda h: h["train loss"][-1] <= stop_loss)
     history = fit(model, fit_loss(loss_fn), (x, y), optimizer=optimizer, steps=steps, batch_size=batch_size,
@@ -174,6 +182,7 @@ def snapshot_top_eigenvalue(
 ) -> TopEigenvalue:
     """``lambda_max`` of the loss at the weights ``history.snapshots[step]`` (loaded into a copy of ``init``)."""
     check_module(init, "init")
+    checks.integer(step, "step", low=0)
     if not isinstance(history, History):
         raise TypeError(f"history must be a labkit.training.History, got {type(history).__name__}")
     if step not in history.snapshots:
@@ -218,7 +227,12 @@ def matched_loss_sharpness(
     for name, h in (("gd", gd), ("sam", sam)):
         if not isinstance(h, History) or not h.rows:
             raise TypeError(f"{name} must be a labkit.training.History with recorded 'train loss', got {h!r}")
+    for name, h in (("gd", gd), ("sam", sam)):
+        if "train loss" not in h.rows[-1]:
+            raise ValueError(f"{name} has no 'train loss' column (train_from(..., train_loss=True) records it)")
     target = sam["train loss"][-1]
+    if not math.isfinite(target):
+        raise ValueError(f"sam's final 'train loss' is {target}: the SAM run diverged, there is no loss to match")
     gd_step = gd.first_step("train loss", lambda v: v <= target)
     gd_step = gd.steps[-1] if gd_step is None else gd_step
     return MatchedSharpness(
@@ -259,6 +273,13 @@ def sharpness_measures(
     worst-case sharpness at ``adaptive_rho`` (both ``ascent_steps`` of ascent, averaged over batches of
     ``m`` examples: m-sharpness). ``generator`` seeds the Lanczos start and the Hutchinson probes."""
     check_generator(generator)
+    check_module(model)
+    check_loss_fn(loss_fn)
+    checks.integer(trace_samples, "trace_samples", low=2)
+    checks.number(rho, "rho", low=0)
+    checks.number(adaptive_rho, "adaptive_rho", low=0)
+    checks.positive_int(ascent_steps, "ascent_steps")
+    optional_positive_int(m, "m")
     ascent = dict(steps=ascent_steps, batch_size=m)
     return SharpnessMeasures(
         lambda_max=float(hessian_top_eigenvalue(model, loss_fn, data, generator=generator)),
@@ -276,6 +297,8 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     a, b = list(a), list(b)
     if len(a) != len(b) or len(a) < 2:
         raise ValueError(f"a and b must have the same length >= 2, got {len(a)} and {len(b)}")
+    a = [checks.number(v, f"a[{i}]") for i, v in enumerate(a)]
+    b = [checks.number(v, f"b[{i}]") for i, v in enumerate(b)]
     value = float(kendalltau(a, b).statistic)
     return 0.0 if math.isnan(value) else value
 

@@ -26,10 +26,18 @@ running statistics of every BatchNorm module before the second pass and puts the
 only the first pass updates them. ``bn="both"`` lets both passes update them (what a naive loop does).
 When you call ``first_step``/``second_step`` yourself, wrap the second forward pass in
 :func:`frozen_running_stats`.
+
+Porting from davda54/sam: there ``step(closure)`` expects the first backward to be done already (``loss.backward();
+opt.step(closure)``). Here ``step(closure)`` follows torch.optim's closure contract and calls the closure for the
+first pass too, so that loop runs three forward-backward passes (and, unless the closure zeroes the gradients,
+adds the first two). ``step`` warns once per optimizer when it finds gradients computed since the last
+``zero_grad`` (or since its own previous step); drop the ``backward()`` before ``step(closure)``.
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,7 +45,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit import checks
 from labkit.autograd import check_module
+from labkit.sam._inputs import check_bool, check_group, check_options, optimizer_defaults
 
 _BN_TYPES: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._BatchNorm,)
 #: Module types whose affine parameters norm-only SAM perturbs (selected by type, never by name).
@@ -54,6 +64,8 @@ def frozen_running_stats(model: nn.Module | None) -> Iterator[None]:
 
     Use it around the second (perturbed) forward pass of a hand-written SAM loop. ``None`` is a no-op.
     """
+    if model is not None:
+        check_module(model)
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
     if model is not None:
         for module in model.modules():
@@ -79,6 +91,11 @@ def norm_parameters(
     default), so renaming a layer cannot silently change the selection (Mueller et al., 2023).
     """
     check_module(model)
+    if isinstance(types, type):
+        types = (types,)
+    if not (isinstance(types, tuple) and types
+            and all(isinstance(t, type) and issubclass(t, nn.Module) for t in types)):
+        raise TypeError(f"types must be a non-empty tuple of torch.nn.Module subclasses, got {types!r}")
     chosen: list[nn.Parameter] = []
     seen: set[int] = set()
     for module in model.modules():
@@ -109,6 +126,13 @@ class SAM(torch.optim.Optimizer):
       of the L2-regularised loss, using each group's ``weight_decay``); if False (default) it is the
       loss gradient ``g`` alone and weight decay acts only in the base (descent) step.
     * ``model`` and ``bn``: the BatchNorm policy of ``step`` (see the module docstring).
+
+    Every number (``rho``, ``adaptive_eta`` and the base optimizer's ``lr``, ``momentum``, ``betas``...) must
+    be finite, here and in :meth:`add_param_group`.
+
+    Ported from davda54/sam? Its ``step(closure)`` expects ``loss.backward()`` to be done before it; this
+    ``step(closure)`` runs the first pass itself (torch.optim's closure contract), so a ``backward()`` before
+    it is a wasted third pass. ``step`` warns (once per optimizer) when it finds such gradients.
     """
 
     def __init__(
@@ -129,10 +153,12 @@ class SAM(torch.optim.Optimizer):
                 and issubclass(base_optimizer_cls, torch.optim.Optimizer)):
             raise TypeError("base_optimizer_cls must be a torch.optim.Optimizer subclass such as "
                             f"torch.optim.SGD, got {base_optimizer_cls!r}")
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho >= 0 or rho == float("inf"):
-            raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
-        if not isinstance(adaptive_eta, (int, float)) or not adaptive_eta >= 0:
-            raise ValueError(f"adaptive_eta must be >= 0, got {adaptive_eta!r}")
+        rho = checks.number(rho, "rho", low=0)
+        adaptive = check_bool(adaptive, "adaptive")
+        adaptive_eta = checks.number(adaptive_eta, "adaptive_eta", low=0)
+        ascent_weight_decay = check_bool(ascent_weight_decay, "ascent_weight_decay")
+        reference = optimizer_defaults(base_optimizer_cls)
+        check_options(base_kwargs, reference=reference)
         if bn not in ("first", "both"):
             raise ValueError("bn must be 'first' (running stats updated by the first pass only) or 'both', "
                              f"got {bn!r}")
@@ -142,9 +168,13 @@ class SAM(torch.optim.Optimizer):
         if not params:
             raise ValueError("params is empty: SAM needs at least one parameter (or parameter group) "
                              "to optimize")
-        defaults = dict(rho=float(rho), adaptive=bool(adaptive), adaptive_eta=float(adaptive_eta))
+        defaults = dict(rho=rho, adaptive=adaptive, adaptive_eta=adaptive_eta)
         super().__init__(params, defaults)
+        for i, group in enumerate(self.param_groups):  # per-group options given to the constructor
+            check_group(group, f"params[{i}]", reference)
         self.base_optimizer = base_optimizer_cls(self.param_groups, **base_kwargs)
+        for i, group in enumerate(self.base_optimizer.param_groups):  # with the base's values filled in
+            check_group(group, f"params[{i}]", reference)
         # One set of groups and one state for both: schedulers, state_dict and add_param_group see the base.
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
@@ -166,16 +196,23 @@ class SAM(torch.optim.Optimizer):
             self._perturb_ids = ids
         self._backup: dict[torch.Tensor, torch.Tensor] = {}
         self._perturbed: list[torch.Tensor] = []
+        # The ported-loop trap (see step): which gradients step left (weak references), whether zero_grad ran
+        # since, and whether the warning was given. Gradients present now count as not computed for step.
+        self._in_step = False
+        self._cleared = False
+        self._warned_backward = False
+        self._remember_grads()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the (shared) groups: SAM's options default to this optimizer's, the rest to the base's."""
         if not hasattr(self, "base_optimizer"):  # during __init__: SAM's own bookkeeping
             super().add_param_group(param_group)
             return
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict with 'params', got {type(param_group).__name__}")
         for key in ("rho", "adaptive", "adaptive_eta"):
             param_group.setdefault(key, self.defaults[key])
-        if param_group["rho"] < 0:
-            raise ValueError(f"rho must be >= 0, got {param_group['rho']!r}")
+        check_group(param_group, "param_group", optimizer_defaults(type(self.base_optimizer)))
         self.base_optimizer.add_param_group(param_group)
 
     # -- the two half-steps --------------------------------------------------------------------------
@@ -236,29 +273,79 @@ class SAM(torch.optim.Optimizer):
         if zero_grad:
             self.zero_grad()
 
+    # -- the ported-loop trap --------------------------------------------------------------------------
+    def _params(self) -> Iterator[torch.Tensor]:
+        for group in self.param_groups:
+            yield from group["params"]
+
+    def _remember_grads(self) -> None:
+        self._grad_refs = {id(p): (None if p.grad is None else weakref.ref(p.grad)) for p in self._params()}
+        self._cleared = False
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``torch.optim.Optimizer.zero_grad``; outside ``step`` it also notes that the gradients were cleared."""
+        super().zero_grad(set_to_none=set_to_none)
+        if not self._in_step:
+            self._cleared = True
+
+    def _computed_since(self) -> bool:
+        """Whether some parameter has a non-zero gradient computed after ``zero_grad`` or after the previous
+        ``step`` (a gradient object step did not leave, or any gradient after ``zero_grad``)."""
+        for p in self._params():
+            g = p.grad
+            if g is None:
+                continue
+            ref = self._grad_refs.get(id(p))
+            if (self._cleared or ref is None or ref() is not g) and bool(g.ne(0).any()):
+                return True
+        return False
+
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
         """One SAM step; ``closure`` zeroes grads, computes the loss, calls backward and returns the loss.
 
-        Returns the loss at the unperturbed weights (the first closure call).
+        Returns the loss at the unperturbed weights (the first closure call). The closure runs twice: at
+        ``w`` and at ``w + e`` (torch.optim's closure contract, unlike davda54/sam's ``step``, which expects
+        the first backward done before it). Gradients computed before ``step(closure)`` since the last
+        ``zero_grad`` mean a loop ported from davda54/sam: a wasted third pass whose gradients are added to
+        the first unless the closure zeroes them. ``step`` warns about it once per optimizer (a
+        ``UserWarning``); the fix is to drop the ``loss.backward()`` before ``opt.step(closure)`` and let
+        the closure call ``opt.zero_grad()`` first.
         """
         if closure is None:
             raise TypeError("SAM.step needs a closure that zeroes the grads, computes the loss, calls "
                             "backward and returns the loss (or call first_step/second_step yourself)")
+        if not callable(closure):
+            raise TypeError(f"closure must be callable, got {type(closure).__name__}")
+        if not self._warned_backward and self._computed_since():
+            self._warned_backward = True
+            warnings.warn(
+                "SAM.step(closure) found gradients already computed since the last zero_grad: labkit's SAM calls "
+                "the closure for the first pass itself (torch.optim's closure contract), unlike davda54/sam's "
+                "step, which expects loss.backward() done before it. This loop runs three forward-backward "
+                "passes per step, and the earlier gradients are added to the first pass's unless the closure "
+                "zeroes them. Fix: remove the loss.backward() before opt.step(closure) and start the closure "
+                "with opt.zero_grad() (or call first_step/second_step by hand). Warned once per optimizer.",
+                UserWarning, stacklevel=4)
         closure = torch.enable_grad()(closure)
-        loss = closure()
-        if all(g["rho"] == 0 for g in self.param_groups):
-            self.base_optimizer.step()  # rho = 0: exactly the base optimizer, no second pass
-            return loss
-        self.first_step(zero_grad=False)
+        self._in_step = True
         try:
-            with frozen_running_stats(self.model if self.bn == "first" else None):
-                closure()
-        except BaseException:
-            self.restore()
-            raise
-        self.second_step()
-        return loss
+            loss = closure()
+            if all(g["rho"] == 0 for g in self.param_groups):
+                self.base_optimizer.step()  # rho = 0: exactly the base optimizer, no second pass
+                return loss
+            self.first_step(zero_grad=False)
+            try:
+                with frozen_running_stats(self.model if self.bn == "first" else None):
+                    closure()
+            except BaseException:
+                self.restore()
+                raise
+            self.second_step()
+            return loss
+        finally:
+            self._in_step = False
+            self._remember_grads()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a ``state_dict()``; the groups and state stay shared with the base optimizer."""

@@ -25,8 +25,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.autograd import as_pair, check_module, preserve_model, randn, resolve_params, train_mode, zeros_if_none
+from labkit import checks
+from labkit.autograd import (
+    check_generator,
+    check_module,
+    preserve_model,
+    randn,
+    resolve_params,
+    train_mode,
+    zeros_if_none,
+)
 from labkit.hessian import HessianOperator, hutchinson_trace, top_eigenvalues
+from labkit.sam._inputs import (
+    check_bool,
+    check_data,
+    check_finite_params,
+    check_loss_fn,
+    optional_number,
+    optional_positive_int,
+)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -80,11 +97,17 @@ class TraceEstimate(float):
         return f"TraceEstimate({float(self)!r}, stderr={self.stderr:.3g}, samples={self.samples})"
 
 
-def _check(model: nn.Module, data: object, params: Sequence[nn.Parameter] | None
-           ) -> tuple[torch.Tensor, torch.Tensor, list[nn.Parameter]]:
+def _check(model: nn.Module, loss_fn: object, data: object, params: Sequence[nn.Parameter] | None,
+           generator: object) -> tuple[torch.Tensor, torch.Tensor, list[nn.Parameter]]:
+    """The checks every measurement makes: a module, a callable loss, parameters of ``model`` (finite),
+    data the model and loss accept (see ``labkit.sam._inputs.check_data``), a generator or None."""
     check_module(model)
-    x, y = as_pair(data)
-    return x, y, resolve_params(model, params)
+    check_loss_fn(loss_fn)
+    check_generator(generator)
+    chosen = resolve_params(model, params)
+    check_finite_params(list(model.parameters()))
+    x, y = check_data(model, data, loss_fn=loss_fn)
+    return x, y, chosen
 
 
 def hessian_top_eigenvalue(
@@ -102,8 +125,9 @@ def hessian_top_eigenvalue(
     ``2 / lr`` at the edge of stability (Cohen et al., 2021). Returns a :class:`TopEigenvalue` (a float
     with ``.converged`` and ``.residual``) and warns when the solver did not converge.
     """
-    x, y, chosen = _check(model, data, params)
-    with preserve_model(model, params=False):
+    tol = checks.number(tol, "tol", low=0, low_open=True)
+    x, y, chosen = _check(model, loss_fn, data, params, generator)
+    with preserve_model(model):
         op = HessianOperator(model, loss_fn, (x, y), params=chosen)
         result = top_eigenvalues(op, k=1, tol=tol, generator=generator)
     residual = float(result.residuals[0])
@@ -124,8 +148,9 @@ def hessian_trace(
 ) -> TraceEstimate:
     """Hutchinson estimate of ``trace(H)`` of the mean loss with ``samples`` Rademacher probes
     (via ``labkit.hessian.hutchinson_trace``): a :class:`TraceEstimate`, a float with ``.stderr``."""
-    x, y, chosen = _check(model, data, params)
-    with preserve_model(model, params=False):
+    samples = checks.integer(samples, "samples", low=2)
+    x, y, chosen = _check(model, loss_fn, data, params, generator)
+    with preserve_model(model):
         op = HessianOperator(model, loss_fn, (x, y), params=chosen)
         result = hutchinson_trace(op, samples=samples, generator=generator)
     return TraceEstimate(float(result.estimate), stderr=float(result.stderr), samples=int(result.samples))
@@ -160,7 +185,9 @@ def _ascent(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     base, grads = loss_and_grad()
     g_norm = _norm(grads)
     if not math.isfinite(base):
-        raise FloatingPointError(f"the loss at the unperturbed weights is {base}")
+        raise ValueError(f"loss_fn is {base} at the unperturbed weights on data: the loss must be finite")
+    if not math.isfinite(float(g_norm)):
+        raise ValueError("the loss gradient at the unperturbed weights is not finite (NaN or inf) on data")
     if float(g_norm) > 0:
         eta = [g * (rho / g_norm) for g in grads]  # start where SAM's first step goes
     else:  # at an exact stationary point: a seeded random direction (the generator rule of labkit.autograd)
@@ -170,8 +197,9 @@ def _ascent(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
     for _ in range(steps):
         set_delta(eta)
         value, grads = loss_and_grad()
-        best = max(best, value - base)
         g_norm = _norm(grads)
+        _check_perturbed(value, g_norm, rho)
+        best = max(best, value - base)
         if float(g_norm) == 0:
             break
         eta = [e + g * (step_size / g_norm) for e, g in zip(eta, grads, strict=True)]
@@ -180,8 +208,16 @@ def _ascent(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
             eta = [e * (rho / e_norm) for e in eta]
     set_delta(eta)
     with torch.no_grad():
-        best = max(best, float(loss_fn(model(x), y)) - base)
-    return best
+        value = float(loss_fn(model(x), y))
+    _check_perturbed(value, None, rho)
+    return max(best, value - base)
+
+
+def _check_perturbed(value: float, g_norm: torch.Tensor | None, rho: float) -> None:
+    """A NaN/inf loss (or gradient) inside the ball would make ``max`` skip it silently: refuse it."""
+    if not math.isfinite(value) or (g_norm is not None and not math.isfinite(float(g_norm))):
+        raise ValueError(f"the loss (or its gradient) is not finite at a point of the ball of radius rho={rho}: "
+                         "the worst case is unbounded there; use a smaller rho")
 
 
 def worst_case_sharpness(
@@ -208,20 +244,14 @@ def worst_case_sharpness(
     worst case over consecutive batches of ``m`` examples (m-sharpness); ``None`` uses all of ``data``.
     The model runs in eval mode; its parameters, gradients, buffers and every submodule's mode are restored.
     """
-    check_module(model)
-    x, y = as_pair(data)
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not (rho >= 0 and math.isfinite(rho)):
-        raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-    if not eta >= 0:
-        raise ValueError(f"eta must be >= 0, got {eta!r}")
-    step_size = float(rho) if step_size is None else float(step_size)
-    if step_size <= 0 and rho > 0:
-        raise ValueError(f"step_size must be > 0, got {step_size!r}")
-    chosen = resolve_params(model, params)
+    rho = checks.number(rho, "rho", low=0)
+    adaptive = check_bool(adaptive, "adaptive")
+    eta = checks.number(eta, "eta", low=0)
+    steps = checks.positive_int(steps, "steps")
+    batch_size = optional_positive_int(batch_size, "batch_size")
+    step_size = optional_number(step_size, "step_size", low=0, low_open=True)
+    step_size = rho if step_size is None else step_size
+    x, y, chosen = _check(model, loss_fn, data, params, generator)
     if rho == 0:
         return 0.0
     w0 = [p.detach().clone() for p in chosen]
@@ -231,6 +261,5 @@ def worst_case_sharpness(
     with preserve_model(model), train_mode(model, False):
         for start in range(0, len(x) - m + 1, m):
             xb, yb = x[start:start + m], y[start:start + m]
-            values.append(_ascent(model, loss_fn, xb, yb, chosen, w0, scale, float(rho), steps, step_size,
-                                  generator))
+            values.append(_ascent(model, loss_fn, xb, yb, chosen, w0, scale, rho, steps, step_size, generator))
     return sum(values) / len(values)
