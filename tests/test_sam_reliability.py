@@ -194,3 +194,11 @@ def test_the_warning_is_per_optimizer() -> None:
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
             opt.step(_closure(model, x, y))
+
+
+def test_add_param_group_takes_a_generator_or_a_single_tensor() -> None:
+    model = net()
+    opt = SAM(model[0].parameters(), torch.optim.SGD, lr=0.1)
+    opt.add_param_group({"params": model[3].parameters()})
+    opt.add_param_group({"params": model[1].weight})
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2, 1]

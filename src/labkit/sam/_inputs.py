@@ -141,7 +141,9 @@ def check_group(group: dict[str, Any], where: str, reference: dict[str, Any] | N
     group["rho"] = checks.number(group["rho"], f"{where}['rho'] (rho)", low=0)
     group["adaptive_eta"] = checks.number(group["adaptive_eta"], f"{where}['adaptive_eta'] (adaptive_eta)", low=0)
     check_bool(group["adaptive"], f"{where}['adaptive'] (adaptive)")
-    params = [p for p in group.get("params", []) if isinstance(p, torch.Tensor) and p.is_floating_point()]
+    given = group.get("params")
+    given = [given] if isinstance(given, torch.Tensor) else given if isinstance(given, (list, tuple)) else []
+    params = [p for p in given if isinstance(p, torch.Tensor) and p.is_floating_point()]
     check_options(group, where, reference=reference, dtype=params[0].dtype if params else None)
 
 

@@ -210,6 +210,11 @@ class SAM(torch.optim.Optimizer):
             return
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict with 'params', got {type(param_group).__name__}")
+        params = param_group.get("params")
+        if isinstance(params, torch.Tensor):
+            param_group["params"] = [params]
+        elif params is not None and not isinstance(params, (set, list)):
+            param_group["params"] = list(params)  # a generator would be used up by the checks below
         for key in ("rho", "adaptive", "adaptive_eta"):
             param_group.setdefault(key, self.defaults[key])
         check_group(param_group, "param_group", optimizer_defaults(type(self.base_optimizer)))
