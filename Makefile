@@ -3,6 +3,8 @@
 #   make test        ruff + unit tests + every notebook (nbval as shipped, papermill with seed 1) + browser test
 #   make lab         JupyterLab on 127.0.0.1 with a token
 #   make bench       side-by-side timings against the peer libraries (benchmarks/results/)
+#   make sweep       every notebook over several seeds (SEEDS=0-4 EXECUTOR=process|dask [ADDRESS=tcp://HOST:PORT])
+#                    -> build/sweep/robustness.md and robustness.json
 #   make lock        refresh requirements-lock.txt (every transitive pin) from requirements.txt with pip-compile
 
 PYTHON ?= python3
@@ -19,8 +21,11 @@ TOKEN  := $(shell $(PYTHON) -c "import secrets; print(secrets.token_hex(16))")
 endif
 LOCK   := requirements-lock.txt
 PORT   ?= 8888
+SEEDS  ?= 0-4
+EXECUTOR ?= dask
+ADDRESS ?=
 
-.PHONY: install reproduce test unit notebooks browser chromium lab bench lint strip clean lock
+.PHONY: install reproduce sweep test unit notebooks browser chromium lab bench lint strip clean lock
 
 install: $(STAMP)
 
@@ -44,6 +49,11 @@ lock:
 
 reproduce: install
 	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --jobs $(JOBS) --seed $(SEED) --scale $(SCALE)
+
+# The notebook x seed grid on Dask (a LocalCluster of $(JOBS) single-thread workers, or the scheduler at ADDRESS).
+sweep: install
+	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --seeds $(SEEDS) --scale $(SCALE) --executor $(EXECUTOR) \
+	  --jobs $(JOBS) --out build/sweep $(if $(ADDRESS),--address $(ADDRESS))
 
 # Debian's chromium for the real-browser test (installed only when missing).
 chromium:

@@ -56,3 +56,20 @@ def test_tables_escape_and_show_values():
     c = Claim("a<b", "x & y", measured=[0.123456, 2], criterion="gap < 1%", holds=True, paper_value=0.9)
     assert "a&lt;b" in claims_table_html([c])
     assert "[0.1235, 2]" in claims_table_text([c])
+
+
+def test_checks_are_recorded_and_counted_apart_from_claims(tmp_path, monkeypatch):
+    from labkit.repro import Check, claim_from_record
+    from labkit.runner import RunResult, summary_line, write_report
+
+    check = Check("sum rule", "attributions add up", measured=1e-7, criterion="|gap| < 1e-5", holds=True)
+    assert check.kind == "check" and check.expected and check.verdict == "check passed"
+    assert Check("broken", "s", measured=1, criterion="c", holds=False).failed
+    monkeypatch.setenv("LABKIT_RESULTS_DIR", str(tmp_path / "claims"))
+    check_claims([make(True, name="a claim"), check], notebook="sam/01_x")
+    record = json.loads((tmp_path / "claims" / "sam_01_x.json").read_text())
+    assert [c["kind"] for c in record["claims"]] == ["claim", "check"]
+    assert isinstance(claim_from_record(record["claims"][1]), Check)
+    text, ok = write_report(tmp_path, [RunResult("sam/01_x", 1.0, True)], seed=0, scale="teach")
+    assert ok and text.rstrip().endswith("1 reproduced, 0 not reproduced (known at this scale); checks: 1 passed")
+    assert "FAILED" in summary_line([Check("b", "s", measured=1, criterion="c", holds=False)], False)

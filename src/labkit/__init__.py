@@ -6,8 +6,8 @@ Shared core: ``labkit.runtime``, ``labkit.autograd``, ``labkit.repro``, ``labkit
 ``labkit.training``, ``labkit.viz``, ``labkit.widgets``.
 """
 
-from labkit.repro import Claim, ClaimNotReproduced, check_claims
+from labkit.repro import Check, Claim, ClaimNotReproduced, check_claims
 from labkit.runtime import Run, setup, start
 
-__all__ = ["Claim", "ClaimNotReproduced", "Run", "check_claims", "setup", "start"]
+__all__ = ["Check", "Claim", "ClaimNotReproduced", "Run", "check_claims", "setup", "start"]
 __version__ = "0.1.0"

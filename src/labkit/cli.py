@@ -49,6 +49,17 @@ def _select(args: argparse.Namespace, root: Path) -> list[NotebookInfo]:
 
 def _check_reproduce_options(args: argparse.Namespace) -> None:
     """Refuse bad values before any kernel starts (each message names the option)."""
+    from labkit.sweep import parse_seeds
+
+    if args.seeds is not None:
+        try:
+            args.seed_list = parse_seeds(args.seeds)
+        except ValueError as exc:
+            raise UsageError(f"--seeds: {exc}") from None
+        if args.resume:
+            raise UsageError("--resume works with one --seed; a --seeds sweep always runs its whole grid")
+    if args.address is not None and args.executor != "dask":
+        raise UsageError("--address needs --executor dask (it names a running Dask scheduler)")
     if args.seed < 0:
         raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
     if args.jobs < 1:
@@ -78,6 +89,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     root = _root(args)
     infos = _select(args, root)
     out = Path(args.out)
+    if args.seeds is not None:
+        return _sweep(args, infos, out)
     print(f"labkit reproduce: {len(infos)} notebook(s), seed {args.seed}, scale {args.scale}, "
           f"device {args.device}, {args.jobs} at a time -> {out}/")
     results = run_all(infos, out, seed=args.seed, scale=args.scale, device=args.device, jobs=args.jobs,
@@ -86,6 +99,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print()
     print(text)
     print(f"report: {out / 'claims.md'}, executed notebooks under {out}/<pillar>/")
+    return 0 if ok else 1
+
+
+def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path) -> int:
+    from labkit.sweep import execute, make_tasks, write_robustness
+
+    seeds = args.seed_list
+    where = args.address or f"{args.jobs} local worker(s)"
+    print(f"labkit reproduce: {len(infos)} notebook(s) x seeds {seeds}, scale {args.scale}, device {args.device}, "
+          f"{args.executor} executor on {where} -> {out}/")
+    tasks = make_tasks(infos, seeds, scale=args.scale, device=args.device, timeout=args.timeout)
+    results = execute(tasks, executor=args.executor, jobs=args.jobs, address=args.address)
+    text, ok = write_robustness(out, results, seeds=seeds, scale=args.scale)
+    print()
+    print(text)
+    print(f"report: {out / 'robustness.md'} and {out / 'robustness.json'}, records under {out}/seed-<K>/")
     return 0 if ok else 1
 
 
@@ -134,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--pillar", choices=PILLARS, help="only this pillar's notebooks")
     p_rep.add_argument("--notebook", action="append", metavar="PATH", help="only this notebook (repeatable)")
     p_rep.add_argument("--seed", type=int, default=0, help="the notebooks' SEED (a non-negative integer)")
+    p_rep.add_argument("--seeds", metavar="LIST",
+                       help="run the notebook x seed grid, e.g. 0-4 or 0,2,5, and write robustness.md/.json")
+    p_rep.add_argument("--executor", choices=("process", "dask"), default="process",
+                       help="with --seeds: local processes, or Dask (a LocalCluster of --jobs single-thread "
+                            "workers, or the scheduler at --address)")
+    p_rep.add_argument("--address", metavar="tcp://HOST:PORT", help="with --executor dask: a running scheduler")
     p_rep.add_argument("--scale", choices=SCALES, default="teach")
     p_rep.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p_rep.add_argument("--out", default="build/report", help="report folder (default: build/report)")

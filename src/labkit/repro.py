@@ -58,6 +58,8 @@ class Claim:
         self.measured = to_plain(self.measured)
         self.paper_value = to_plain(self.paper_value)
 
+    kind = "claim"
+
     @property
     def verdict(self) -> str:
         if self.holds:
@@ -67,6 +69,31 @@ class Claim:
     @property
     def failed(self) -> bool:
         return self.expected and not self.holds
+
+
+class Check(Claim):
+    """An identity or a property that holds by construction (completeness of integrated gradients, a count
+    fixed by the schedule, an implementation invariant). It is recorded and shown like a claim but counted
+    apart: it verifies the code, it is not evidence for the paper. A failing check always fails the notebook."""
+
+    kind = "check"
+
+    def __init__(self, name: str, statement: str, measured: Any, criterion: str, holds: bool,
+                 paper_value: Any = None) -> None:
+        super().__init__(name, statement, measured, criterion, holds, paper_value, True)
+
+    @property
+    def verdict(self) -> str:
+        return "check passed" if self.holds else "CHECK FAILED"
+
+
+def claim_from_record(entry: dict[str, Any]) -> Claim:
+    """A :class:`Claim` or :class:`Check` back from its JSON record."""
+    fields = {k: v for k, v in entry.items() if k not in ("verdict", "kind")}
+    if entry.get("kind") == "check":
+        fields.pop("expected", None)
+        return Check(**fields)
+    return Claim(**fields)
 
 
 def to_bool(value: Any, *, what: str) -> bool:
@@ -163,7 +190,7 @@ def claim_record(claims: Sequence[Claim], *, run: Run | None = None, notebook: s
         produced = {"notebook": notebook or os.environ.get("LABKIT_NOTEBOOK") or "notebook",
                     "seed": int(seed) if seed and seed.isdigit() else None,
                     "scale": os.environ.get("LABKIT_SCALE")}
-    return produced | {"claims": [asdict(c) | {"verdict": c.verdict} for c in claims]}
+    return produced | {"claims": [asdict(c) | {"kind": c.kind, "verdict": c.verdict} for c in claims]}
 
 
 def check_claims(claims: Sequence[Claim], *, run: Run | None = None, notebook: str | None = None) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labkit.catalog import NotebookInfo
-from labkit.repro import Claim, claims_table_text, slugify, write_json_atomic
+from labkit.repro import Claim, claim_from_record, claims_table_text, slugify, write_json_atomic
 
 
 @dataclass
@@ -143,18 +143,23 @@ def collect_claims(results_dir: Path, names: list[str]) -> dict[str, list[Claim]
         path = record_path(results_dir, name)
         if path.exists():
             data = json.loads(path.read_text())
-            found[name] = [Claim(**{k: v for k, v in c.items() if k != "verdict"}) for c in data["claims"]]
+            found[name] = [claim_from_record(c) for c in data["claims"]]
     return found
 
 
 def summary_line(claims: list[Claim], all_ok: bool) -> str:
     """The report's last line: the verdict with the count of each kind of outcome, so that claims known not to
     reproduce at this scale are never hidden behind an overall "all good"."""
+    checks = [c for c in claims if c.kind == "check"]
+    claims = [c for c in claims if c.kind != "check"]
     known = sum(not c.expected and not c.holds for c in claims)
     failed = sum(c.failed for c in claims)
     counts = f"{sum(c.holds for c in claims)} reproduced, {known} not reproduced (known at this scale)"
     if failed:
         counts += f", {failed} NOT REPRODUCED"
+    if checks:
+        broken = sum(not c.holds for c in checks)
+        counts += f"; checks: {len(checks) - broken} passed" + (f", {broken} FAILED" if broken else "")
     head = "EVERY EXPECTED CLAIM REPRODUCED" if all_ok else "SOME CLAIMS NOT REPRODUCED OR NOTEBOOKS FAILED"
     return f"{head}: {counts}"
 
@@ -177,7 +182,7 @@ def write_report(out_dir: Path, results: list[RunResult], *, seed: int, scale: s
             body += f"\nerror: {r.error}"
         sections.append(f"{header}\n{body}")
         rows.append({"notebook": r.name, "seconds": round(r.seconds, 2), "ok": not failed, "error": r.error,
-                     "claims": [c.__dict__ | {"verdict": c.verdict} for c in nb_claims]})
+                     "claims": [c.__dict__ | {"kind": c.kind, "verdict": c.verdict} for c in nb_claims]})
     verdict = summary_line([c for r in results for c in claims.get(r.name, [])], all_ok)
     text = f"# labkit reproduction report (seed {seed}, scale {scale})\n\n" + "\n\n".join(sections) + f"\n\n{verdict}\n"
     out_dir.mkdir(parents=True, exist_ok=True)
