@@ -4,7 +4,15 @@
 ``top_eigenvalues``, ``hutchinson_trace`` and ``spectral_density`` work on any :class:`Operator`
 (``shape``, ``numel``, ``dtype``, ``device``, ``matvec``): ``HessianOperator``, ``GGNOperator``,
 ``DenseOperator(matrix)`` or ``LambdaOperator(fn, numel)``; ``lanczos`` is the one Lanczos run behind them;
-``exact_hessian`` materialises it for small models; ``loss_surface_1d/2d`` plot the landscape.
+``exact_hessian`` materialises it for small models; ``loss_surface_1d/2d`` plot the landscape;
+``regularized_newton`` and its approximate Hessians (:mod:`labkit.hessian.newton`) and the scalar networks
+(:mod:`labkit.hessian.scalar`) serve the optimisation notebooks. The notebooks' experiments live in the
+submodule :mod:`labkit.hessian.experiments` (imported on demand: it trains networks).
+
+Every function checks its inputs (:mod:`labkit.checks`): numeric options finite and in range, data finite, on
+a real device and in the model's dtype, flat vectors floating; failures are a ``ValueError``/``TypeError``
+naming the argument. Measurements leave the model as found (parameters, ``.grad``, ``requires_grad``, modes,
+buffers, hooks): ``train_mode=True`` means batch statistics and active dropout, never updated running statistics.
 """
 
 from labkit.hessian.alignment import AlignmentPenalties, Domain, alignment_penalties, spurious_domain
@@ -22,10 +30,20 @@ from labkit.hessian.landscape import (
     random_direction,
 )
 from labkit.hessian.newton import (
+    DescentRun,
+    HessianApproximation,
     NewtonRun,
+    TunedDescent,
+    approximate_newton_runs,
+    contraction_rate,
+    gradient_descent,
+    hessian_approximations,
     regularized_newton,
     softmax_regression_hessian,
     softmax_regression_hessian_diagonal,
+    softmax_regression_loss_grad,
+    steps_to,
+    tuned_gradient_descent,
 )
 from labkit.hessian.operator import (
     BACKENDS,
@@ -36,47 +54,67 @@ from labkit.hessian.operator import (
     unflatten,
 )
 from labkit.hessian.protocol import DenseOperator, LambdaOperator, Operator
-from labkit.hessian.scalar import ScalarNetwork, gfs_sharpness, gradient_flow_solution
+from labkit.hessian.scalar import (
+    ScalarNetwork,
+    ScalarRun,
+    gfs_sharpness,
+    gradient_flow_solution,
+    run_scalar,
+    scalar_loss,
+)
 from labkit.hessian.spectrum import outlier_count, subspace_fraction
 from labkit.hessian.trace import TraceResult, hutchinson_trace
 
 __all__ = [
-    "AlignmentPenalties",
-    "BACKENDS",
-    "DenseOperator",
-    "Domain",
-    "LambdaOperator",
-    "LanczosResult",
-    "Operator",
     "alignment_penalties",
-    "spurious_domain",
+    "AlignmentPenalties",
+    "approximate_newton_runs",
+    "BACKENDS",
+    "contraction_rate",
     "CurvatureOperator",
+    "DenseOperator",
     "DensityResult",
+    "DescentRun",
+    "Domain",
     "EigenResult",
-    "GGNOperator",
-    "HessianOperator",
-    "NewtonRun",
-    "ScalarNetwork",
-    "Surface1D",
-    "Surface2D",
-    "TraceResult",
     "exact_hessian",
     "filter_normalized_direction",
     "flatten",
     "gfs_sharpness",
+    "GGNOperator",
+    "gradient_descent",
     "gradient_flow_solution",
+    "hessian_approximations",
+    "HessianApproximation",
+    "HessianOperator",
     "hutchinson_trace",
     "interpolation_direction",
+    "LambdaOperator",
     "lanczos",
+    "LanczosResult",
     "loss_surface_1d",
     "loss_surface_2d",
+    "NewtonRun",
+    "Operator",
     "outlier_count",
-    "subspace_fraction",
     "random_direction",
     "regularized_newton",
+    "run_scalar",
+    "scalar_loss",
+    "ScalarNetwork",
+    "ScalarRun",
     "softmax_regression_hessian",
     "softmax_regression_hessian_diagonal",
+    "softmax_regression_loss_grad",
     "spectral_density",
+    "spurious_domain",
+    "steps_to",
+    "subspace_fraction",
+    "Surface1D",
+    "Surface2D",
     "top_eigenvalues",
+    "TraceResult",
+    "tuned_gradient_descent",
+    "TunedDescent",
     "unflatten",
 ]

@@ -14,7 +14,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from labkit.autograd import check_generator, flatten, rademacher, rand, randint, randn, resolve_params
+from labkit import checks
+from labkit.autograd import as_pair, check_generator, flatten, rademacher, rand, randint, randn, resolve_params
+from labkit.hessian import _inputs
 from labkit.hessian.operator import LossFn, checked_loss
 
 
@@ -49,10 +51,11 @@ def spurious_domain(
     ``x_spur = a * s + spurious_noise * N(0, 1)`` with ``a = +1`` with probability ``rho`` (else -1): the
     spurious feature is almost noise-free but its agreement with the label ``rho`` changes across domains.
     """
-    if not 0.0 <= rho <= 1.0:
-        raise ValueError(f"rho must be in [0, 1], got {rho!r}")
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n!r}")
+    checks.positive_int(n, "n")
+    checks.number(rho, "rho", low=0.0, high=1.0)
+    checks.number(signal, "signal")
+    checks.number(noise, "noise", low=0.0)
+    checks.number(spurious_noise, "spurious_noise", low=0.0)
     check_generator(generator)
     y = randint(0, 2, (n,), generator=generator)
     s = 2 * y.float() - 1
@@ -76,20 +79,41 @@ def alignment_penalties(
 
     ``probes=None``: exact Hessians (``P`` double-backward rows per domain; for classifier heads).
     ``probes=m``: Hutchinson estimate with ``m`` Rademacher vectors shared by all domains (unbiased for the
-    squared Frobenius norm). The caller's ``param.grad`` is not touched.
+    squared Frobenius norm). The caller's ``param.grad`` is not touched. This is a training objective, not a
+    measurement: the model runs as the caller left it (a train-mode BatchNorm updates its statistics, as in
+    any training forward pass).
     """
+    if isinstance(domains, torch.Tensor) or not isinstance(domains, Sequence):
+        raise TypeError(f"domains must be a sequence of (inputs, targets) pairs, got {type(domains).__name__}")
     if len(domains) < 2:
         raise ValueError(f"domains must hold at least two (inputs, targets) pairs, got {len(domains)}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
     chosen = resolve_params(model, params)
+    checked = []
+    for i, domain in enumerate(domains):
+        x, y = as_pair(domain, f"domains[{i}]")
+        checks.tensor(x, f"domains[{i}] inputs")
+        checks.tensor(y, f"domains[{i}] targets")
+        checks.same_dtype_as_model(x, model, f"domains[{i}] inputs")
+        checked.append((x, y))
     numel = sum(p.numel() for p in chosen)
     losses, grads, hess_terms = [], [], []
     vs = None
     if probes is not None:
-        if probes < 1:
-            raise ValueError(f"probes must be a positive int or None, got {probes!r}")
+        checks.positive_int(probes, "probes")
+        check_generator(generator)
         vs = rademacher((probes, numel), generator=generator, device=chosen[0].device, dtype=chosen[0].dtype)
-    for x, y in domains:
-        loss = checked_loss(loss_fn, model(x), y)
+    for i, (x, y) in enumerate(checked):
+        name = f"domains[{i}]"
+        try:
+            outputs = model(x)
+        except RuntimeError as exc:
+            if not any(word in str(exc).lower() for word in _inputs._SHAPE_WORDS):
+                raise
+            raise ValueError(f"{name} inputs of shape {tuple(x.shape)} do not fit the model: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        loss = checked_loss(loss_fn, outputs, y, name)
         g = flatten(torch.autograd.grad(loss, chosen, create_graph=True))
         losses.append(loss)
         grads.append(g)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from labkit import checks
 from labkit.autograd import check_generator, rademacher
 from labkit.hessian.lanczos import lanczos
 from labkit.hessian.protocol import Operator, as_operator
@@ -38,7 +39,7 @@ class DensityResult:
 
 
 def _grid(grid: torch.Tensor | int | None, lo: float, hi: float, sigma: float) -> torch.Tensor:
-    if grid is None or isinstance(grid, int):
+    if grid is None or (isinstance(grid, int) and not isinstance(grid, bool)):
         points = 1000 if grid is None else grid
         if points < 2:
             raise ValueError(f"grid must have at least 2 points, got {points}")
@@ -46,6 +47,9 @@ def _grid(grid: torch.Tensor | int | None, lo: float, hi: float, sigma: float) -
     if isinstance(grid, torch.Tensor):
         if grid.ndim != 1 or len(grid) < 2:
             raise ValueError(f"grid must be a 1-D tensor with at least 2 points, got shape {tuple(grid.shape)}")
+        checks.tensor(grid, "grid")
+        if grid.is_complex() or grid.dtype == torch.bool:
+            raise TypeError(f"grid must be a real tensor, got dtype {grid.dtype}")
         return grid.detach().to(torch.float64).cpu()
     raise TypeError(f"grid must be a tensor, an int or None, got {type(grid).__name__}")
 
@@ -70,14 +74,14 @@ def spectral_density(
     """
     op = as_operator(op)
     n = int(op.numel)
-    if not isinstance(vectors, int) or vectors < 1:
-        raise ValueError(f"vectors must be a positive int, got {vectors!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    checks.positive_int(vectors, "vectors")
+    checks.positive_int(steps, "steps")
     if steps > n:
         raise ValueError(f"steps={steps} is larger than the operator dimension {n}")
-    if sigma is not None and not sigma > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    if sigma is not None:
+        checks.number(sigma, "sigma", low=0, low_open=True)
+    if grid is not None and not isinstance(grid, (int, torch.Tensor)) or isinstance(grid, bool):
+        raise TypeError(f"grid must be a tensor, an int or None, got {type(grid).__name__}")
     check_generator(generator)
     nodes = torch.zeros(vectors, steps, dtype=torch.float64)
     weights = torch.zeros(vectors, steps, dtype=torch.float64)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from labkit import checks
 from labkit.autograd import check_generator, randn
 from labkit.hessian.lanczos import LanczosResult, krylov, orthogonalize, product, tridiagonal_np
 from labkit.hessian.protocol import Operator, as_operator
@@ -49,18 +50,14 @@ def _select(theta: torch.Tensor, k: int, which: str) -> torch.Tensor:
 
 def _check_args(op: Operator, k: int, method: str, max_iter: int | None, tol: float, which: str) -> None:
     n = op.numel
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    checks.positive_int(k, "k")
     if k > n:
         raise ValueError(f"k={k} is larger than the operator dimension {n}")
-    if method not in ("lanczos", "power"):
-        raise ValueError(f"method must be 'lanczos' or 'power', got {method!r}")
-    if which not in _WHICH:
-        raise ValueError(f"which must be one of {_WHICH}, got {which!r}")
-    if not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol!r}")
-    if max_iter is not None and (not isinstance(max_iter, int) or max_iter < 1):
-        raise ValueError(f"max_iter must be a positive int or None, got {max_iter!r}")
+    checks.choice(method, "method", ("lanczos", "power"))
+    checks.choice(which, "which", _WHICH)
+    checks.number(tol, "tol", low=0, low_open=True)
+    if max_iter is not None:
+        checks.positive_int(max_iter, "max_iter")
 
 
 def _stop_rule(k: int, tol: float, which: str) -> Callable[[list[float], list[float], float], bool]:

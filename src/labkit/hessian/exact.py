@@ -9,8 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit import checks
 from labkit.autograd import as_batches, flatten, resolve_params, zeros_if_none
 from labkit.autograd import train_mode as _mode
+from labkit.hessian import _inputs
 from labkit.hessian.operator import LossFn, checked_loss
 
 
@@ -30,13 +32,23 @@ def exact_hessian(
     batched double backward (``chunk_size`` rows at a time), then symmetrised. The caller's model,
     parameters and ``param.grad`` are not touched. Floating-point inputs/targets are cast to ``dtype``.
     This is the oracle the iterative methods are tested against (Sagun et al. 2017 use it for small nets).
+    ``train_mode=True`` runs the copy in train mode (batch statistics, active dropout): the caller's BatchNorm
+    running statistics are never updated, as with ``HessianOperator(train_mode=True)``.
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    checks.positive_int(chunk_size, "chunk_size")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
+    if not isinstance(train_mode, bool):
+        raise TypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
     chosen = resolve_params(model, params)
+    _inputs.finite_params(model, chosen)
     batches = as_batches(data)
+    for i, (x, y) in enumerate(batches):  # inputs are cast to dtype below: any floating dtype will do
+        where = "data" if len(batches) == 1 else f"data batch {i}"
+        checks.tensor(x, f"{where} inputs")
+        checks.tensor(y, f"{where} targets")
     positions = {id(p): i for i, p in enumerate(model.parameters())}
     index = [positions[id(p)] for p in chosen]
     clone = copy.deepcopy(model).to(dtype)
@@ -53,7 +65,7 @@ def exact_hessian(
     with torch.enable_grad(), _mode(clone, train_mode):
         grad = None
         for x, y in batches:
-            loss = checked_loss(loss_fn, clone(cast(x)), cast(y))
+            loss = checked_loss(loss_fn, _inputs.run_model(clone, cast(x)), cast(y))
             g = torch.autograd.grad(loss, wrt, create_graph=True, allow_unused=True)
             g = flatten(zeros_if_none(g, wrt))
             g = g * (len(x) / n_total)

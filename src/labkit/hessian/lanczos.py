@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from labkit import checks
 from labkit.hessian.protocol import Operator, as_operator
 
 StopRule = Callable[[list[float], list[float], float], bool]
@@ -195,11 +196,16 @@ def lanczos(
     raise ``FloatingPointError``.
     """
     op = as_operator(op)
-    if not isinstance(v0, torch.Tensor) or v0.ndim != 1 or v0.numel() != op.numel:
-        shape = tuple(v0.shape) if isinstance(v0, torch.Tensor) else type(v0).__name__
-        raise ValueError(f"v0 must be a flat vector of length {op.numel} (op.numel), got {shape}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(v0, torch.Tensor):
+        raise TypeError(f"v0 must be a flat tensor of length {op.numel} (op.numel), got {type(v0).__name__}")
+    if v0.ndim != 1 or v0.numel() != op.numel:
+        raise ValueError(f"v0 must be a flat vector of length {op.numel} (op.numel), got {tuple(v0.shape)}")
+    if v0.is_complex() or v0.dtype == torch.bool:
+        raise TypeError(f"v0 must be a real vector, got dtype {v0.dtype}")
+    checks.tensor(v0, "v0")
+    if not bool(v0.ne(0).any()):
+        raise ValueError("v0 must be non-zero (the Krylov space of a zero vector is empty)")
+    checks.positive_int(steps, "steps")
     return krylov(lambda v: product(op, v, check=False), v0, steps, reorthogonalize=reorthogonalize,
                   stop_when=stop_when)
 

@@ -16,7 +16,20 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from labkit import checks
 from labkit.autograd import check_generator, randperm
+
+
+def _features_and_weight(x: torch.Tensor, weight: torch.Tensor, l2: float) -> None:
+    checks.tensor(x, "x", floating=True)
+    checks.tensor(weight, "weight", floating=True)
+    if x.ndim != 2 or weight.ndim != 2 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"x must be (N, D) and weight (C, D), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    if len(x) == 0:
+        raise ValueError("x is empty: expected at least one example")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but weight has {weight.dtype}: convert one of them")
+    checks.number(l2, "l2", low=0.0)
 
 
 def softmax_regression_hessian(
@@ -26,9 +39,17 @@ def softmax_regression_hessian(
     row-major like ``W.reshape(-1)``: block ``(c, c')`` is ``mean_n (p_nc delta_cc' - p_nc p_nc') x_n x_n^T``.
     ``rows`` restricts the mean to a subset of examples (a subsampled Hessian). It does not depend on the labels.
     """
-    if x.ndim != 2 or weight.ndim != 2 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"x must be (N, D) and weight (C, D), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    _features_and_weight(x, weight, l2)
     if rows is not None:
+        checks.tensor(rows, "rows")
+        if rows.is_floating_point() or rows.is_complex() or rows.dtype == torch.bool or rows.ndim != 1:
+            raise TypeError(f"rows must be a 1-D integer tensor of example indices, got {rows.dtype} "
+                            f"{tuple(rows.shape)}")
+        if rows.numel() == 0:
+            raise ValueError("rows is empty: expected at least one example index")
+        if int(rows.min()) < 0 or int(rows.max()) >= len(x):
+            raise ValueError(f"rows must hold indices in [0, {len(x)}), got values in [{int(rows.min())}, "
+                             f"{int(rows.max())}]")
         x = x[rows]
     c, d = weight.shape
     p = torch.softmax(x @ weight.T, dim=1)  # (N, C)
@@ -43,8 +64,7 @@ def softmax_regression_hessian(
 
 def softmax_regression_hessian_diagonal(x: torch.Tensor, weight: torch.Tensor, *, l2: float = 0.0) -> torch.Tensor:
     """The diagonal of :func:`softmax_regression_hessian` in ``O(N C D)``: ``mean_n p_nc (1 - p_nc) x_ni^2 + l2``."""
-    if x.ndim != 2 or weight.ndim != 2 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"x must be (N, D) and weight (C, D), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    _features_and_weight(x, weight, l2)
     p = torch.softmax(x @ weight.T, dim=1)
     return ((p * (1 - p)).T @ (x * x) / len(x)).reshape(-1) + l2
 
@@ -78,10 +98,12 @@ def regularized_newton(
     ``(B + sqrt(L ||g||) I) d = g`` and accepts ``x - d`` if the loss does not increase, else doubles ``L``
     (up to 50 times); after acceptance ``L`` is halved. Stops early when ``||g|| <= tol``.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not lipschitz > 0:
-        raise ValueError(f"lipschitz must be positive, got {lipschitz!r}")
+    if not callable(loss_grad) or not callable(hessian):
+        raise TypeError("loss_grad and hessian must be callable: loss_grad(x) -> (loss, grad), hessian(x, k) -> B")
+    checks.positive_int(steps, "steps")
+    checks.number(lipschitz, "lipschitz", low=0, low_open=True)
+    checks.number(tol, "tol", low=0.0)
+    checks.tensor(x0, "x0", floating=True, ndim=1, nonempty=True)
     x = x0.detach().clone()
     loss, g = loss_grad(x)
     losses, grad_norms, lambdas = [loss], [float(g.norm())], []
@@ -120,11 +142,23 @@ HessianFn = Callable[[torch.Tensor, int], torch.Tensor]
 def softmax_regression_loss_grad(x: torch.Tensor, y: torch.Tensor, *, l2: float = 0.0) -> LossGrad:
     """``loss_grad(w) -> (loss, grad)`` of ``mean_n CE(W x_n, y_n) + l2/2 ||W||^2`` for the flat ``w = W.reshape(-1)``,
     ``W`` of shape ``(C, D)`` with ``C = y.max() + 1`` (the input of :func:`regularized_newton`)."""
+    checks.tensor(x, "x", floating=True)
+    checks.tensor(y, "y")
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"x must be (N, D) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError("x is empty: expected at least one example")
+    checks.class_indices(y, int(y.max()) + 1 if y.numel() and not y.is_floating_point() else 1, "y")
+    checks.number(l2, "l2", low=0.0)
     classes, dim = int(y.max()) + 1, x.shape[1]
 
+    def check(w: torch.Tensor) -> None:
+        if not isinstance(w, torch.Tensor) or w.shape != (classes * dim,):
+            shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            raise ValueError(f"w must be a flat vector of length {classes * dim} (C * D), got {shape}")
+
     def loss_grad(w: torch.Tensor) -> tuple[float, torch.Tensor]:
+        check(w)
         w = w.detach().requires_grad_(True)
         loss = F.cross_entropy(x @ w.view(classes, dim).T, y) + 0.5 * l2 * (w * w).sum()
         (g,) = torch.autograd.grad(loss, w)
@@ -153,10 +187,11 @@ def hessian_approximations(
     with Approximate Hessians* (2025), for softmax regression on ``x``: ``"exact"``, ``"subsampled 10%"`` (a
     fresh random ``subsample`` share of the examples every step, drawn from ``generator``), ``"stale (every 5)"``
     (the exact Hessian, recomputed every ``stale_every`` steps) and ``"diagonal"``."""
-    if not 0 < subsample <= 1:
-        raise ValueError(f"subsample must be in (0, 1], got {subsample!r}")
-    if isinstance(stale_every, bool) or not isinstance(stale_every, int) or stale_every < 1:
-        raise ValueError(f"stale_every must be a positive int, got {stale_every!r}")
+    checks.tensor(x, "x", floating=True, ndim=2, nonempty=True)
+    checks.positive_int(classes, "classes")
+    checks.number(l2, "l2", low=0.0)
+    checks.number(subsample, "subsample", low=0, high=1, low_open=True)
+    checks.positive_int(stale_every, "stale_every")
     check_generator(generator)
     n_sub = max(1, int(subsample * len(x)))
     shape = (classes, x.shape[1])
@@ -196,6 +231,11 @@ def approximate_newton_runs(
 ) -> dict[tuple[str, float], NewtonRun]:
     """:func:`regularized_newton` with every approximation and every initial ``L0`` in ``lipschitz``, keyed by
     ``(name, L0)``; the ``reference`` approximation runs once, at ``reference_lipschitz``."""
+    if isinstance(lipschitz, (str, bytes)) or not isinstance(lipschitz, Sequence) or not lipschitz:
+        raise ValueError(f"lipschitz must be a non-empty sequence of positive numbers, got {lipschitz!r}")
+    for i, big_l in enumerate(lipschitz):
+        checks.number(big_l, f"lipschitz[{i}]", low=0, low_open=True)
+    checks.number(reference_lipschitz, "reference_lipschitz", low=0, low_open=True)
     runs = {}
     for big_l in lipschitz:
         for name, (hessian, diagonal) in approximations.items():
@@ -222,10 +262,9 @@ class DescentRun:
 
 def gradient_descent(loss_grad: LossGrad, x0: torch.Tensor, *, lr: float, steps: int) -> DescentRun:
     """``steps`` steps of ``x <- x - lr * grad`` from ``x0`` (the baseline of the approximate-Newton study)."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    checks.positive_int(steps, "steps")
+    checks.number(lr, "lr", low=0, low_open=True)
+    checks.tensor(x0, "x0", floating=True, ndim=1, nonempty=True)
     x, losses, norms = x0.detach().clone(), [], []
     for _ in range(steps):
         loss, g = loss_grad(x)
@@ -247,8 +286,10 @@ def tuned_gradient_descent(
 ) -> TunedDescent:
     """:func:`gradient_descent` at every step size of ``lrs``; returns ``(best_lr, runs)`` where the best step
     size ends with the smallest finite gradient norm."""
-    if not lrs:
-        raise ValueError("lrs must hold at least one step size")
+    if isinstance(lrs, (str, bytes)) or not isinstance(lrs, Sequence) or not lrs:
+        raise ValueError(f"lrs must be a non-empty sequence of step sizes, got {lrs!r}")
+    for i, lr in enumerate(lrs):
+        checks.number(lr, f"lrs[{i}]", low=0, low_open=True)
     runs = {lr: gradient_descent(loss_grad, x0, lr=lr, steps=steps) for lr in lrs}
 
     def final(lr: float) -> float:
@@ -261,12 +302,14 @@ def tuned_gradient_descent(
 def steps_to(values: Sequence[float], level: float) -> int | None:
     """The first iteration whose value (e.g. gradient norm) is at most ``level``, or None if none is (the list
     analogue of :meth:`labkit.training.History.first_step`)."""
+    checks.number(level, "level")
     return next((k for k, v in enumerate(values) if v <= level), None)
 
 
 def contraction_rate(values: Sequence[float], *, floor: float = 1e-9) -> float:
     """Mean contraction per iteration, ``(v_last / v_first) ** (1 / (n - 1))`` over the values above ``floor``
     (machine-precision plateaus excluded); below 1 on a straight line of a log plot means a linear rate."""
+    checks.number(floor, "floor", low=0.0)
     used = [v for v in values if v > floor]
     if not used:
         raise ValueError(f"no value above floor={floor!r}")

@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from labkit import checks
+
 
 @runtime_checkable
 class Operator(Protocol):
@@ -40,8 +42,9 @@ class LambdaOperator:
     """An operator from a function: ``LambdaOperator(fn, numel, dtype=..., device=...)``, ``op.matvec(v) = fn(v)``.
 
     ``fn`` takes a flat vector of length ``numel`` in ``dtype`` on ``device`` and returns ``A v`` of the same
-    length (the algorithms cast their float64 Krylov vectors to ``dtype`` before each product).
-    ``matvecs`` counts the products.
+    length. ``op @ v`` casts a floating ``v`` of another dtype or device to them and returns the product in ``v``'s
+    dtype (as ``HessianOperator`` does); an integer ``v`` is a ``TypeError``, a ``(numel, m)`` matrix is applied
+    column by column. ``matvecs`` counts the products.
     """
 
     def __init__(
@@ -54,8 +57,7 @@ class LambdaOperator:
     ):
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(v) -> A v, got {type(fn).__name__}")
-        if isinstance(numel, bool) or not isinstance(numel, int) or numel < 1:
-            raise ValueError(f"numel must be a positive int, got {numel!r}")
+        checks.positive_int(numel, "numel")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         self.fn = fn
@@ -69,14 +71,21 @@ class LambdaOperator:
         return (self.numel, self.numel)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"v must be a torch.Tensor, got {type(v).__name__}")
-        if v.ndim != 1 or v.shape[0] != self.numel:
-            raise ValueError(f"v must be a flat vector of length {self.numel} (op.numel), got shape {tuple(v.shape)}")
+        """``fn(v)`` for a flat floating vector ``v`` with finite entries (an integer vector is a ``TypeError``)."""
+        from labkit.hessian._inputs import flat_vector
+
+        flat_vector(v, self.numel, "v")
         self.matvecs += 1
-        return self.fn(v)
+        if v.dtype == self.dtype and v.device == self.device:
+            return self.fn(v)
+        out = self.fn(v.to(device=self.device, dtype=self.dtype))
+        return out.to(v.dtype) if isinstance(out, torch.Tensor) else out
 
     def __matmul__(self, v: torch.Tensor) -> torch.Tensor:
+        if isinstance(v, torch.Tensor) and v.ndim == 2:
+            if v.shape[0] != self.numel:
+                raise ValueError(f"vectors must have shape ({self.numel}, m), got {tuple(v.shape)}")
+            return torch.stack([self.matvec(v[:, j]) for j in range(v.shape[1])], dim=1)
         return self.matvec(v)
 
     def __repr__(self) -> str:
@@ -93,6 +102,7 @@ class DenseOperator(LambdaOperator):
             raise ValueError(f"matrix must be a non-empty square matrix, got shape {tuple(matrix.shape)}")
         if not matrix.is_floating_point():
             raise TypeError(f"matrix must be floating point, got {matrix.dtype}")
+        checks.tensor(matrix, "matrix")
         self.matrix = matrix
         super().__init__(self._product, matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
 

@@ -15,15 +15,28 @@ import numpy as np
 import torch
 from torch import nn
 
+from labkit import checks
+
+
+def _weights(weights: torch.Tensor | list[float], name: str = "weights") -> torch.Tensor:
+    """A non-empty flat float64 vector of finite weights."""
+    if isinstance(weights, torch.Tensor):
+        checks.tensor(weights, name)
+    try:
+        w = torch.as_tensor(weights, dtype=torch.float64).detach().reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a tensor or sequence of real numbers, got {type(weights).__name__}") from exc
+    if w.numel() < 1:
+        raise ValueError(f"{name} must hold at least one value")
+    return checks.tensor(w, name)
+
 
 class ScalarNetwork(nn.Module):
     """``f(x) = x * prod_i w_i`` with a trainable weight vector ``w`` of length ``depth``."""
 
     def __init__(self, weights: torch.Tensor | list[float]):
         super().__init__()
-        w = torch.as_tensor(weights, dtype=torch.float64).detach().clone().reshape(-1)
-        if w.numel() < 1:
-            raise ValueError("weights must hold at least one value")
+        w = _weights(weights).clone()
         self.weight = nn.Parameter(w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +52,9 @@ def gradient_flow_solution(
     point on that curve with ``x prod w = y``, found by bisection on ``s = w_1^2``. Raises ``ValueError`` when
     the signs of ``weights`` cannot give ``prod w = y / x`` (or any weight is zero).
     """
-    w = torch.as_tensor(weights, dtype=torch.float64).detach().reshape(-1)
+    w = _weights(weights)
+    x, y = checks.number(x, "x"), checks.number(y, "y")
+    checks.number(tol, "tol", low=0, low_open=True)
     if x == 0 or y == 0:
         raise ValueError("x and y must be non-zero")
     if (w == 0).any():
@@ -98,11 +113,9 @@ def run_scalar(weights: torch.Tensor, *, fraction: float, steps: int = 600) -> S
     """Kreisler et al. (ICML 2023): full-batch GD on ``(prod w - 1)^2 / 2`` from ``weights`` with the step size
     ``eta = 2 / (fraction * S_GFS(weights))`` (``fraction < 1``: the solution gradient flow would reach is too
     sharp for GD), recording the loss and the GFS sharpness (:func:`gfs_sharpness`) before every step."""
-    if not fraction > 0:
-        raise ValueError(f"fraction must be positive, got {fraction!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    w0 = torch.as_tensor(weights, dtype=torch.float64).detach().reshape(-1)
+    checks.number(fraction, "fraction", low=0, low_open=True)
+    checks.positive_int(steps, "steps")
+    w0 = _weights(weights)
     eta = 2 / (fraction * gfs_sharpness(w0))
     model = ScalarNetwork(w0)
     one = torch.ones(1, dtype=torch.float64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from labkit import checks
 from labkit.hessian.density import DensityResult, spectral_density
 from labkit.hessian.eigen import EigenResult, top_eigenvalues
 from labkit.hessian.lanczos import LanczosResult, lanczos
@@ -34,9 +35,14 @@ def outlier_count(eigenvalues: torch.Tensor, *, max_outliers: int = 30) -> int:
     Sagun et al. (2017, arXiv:1706.04454) and Papyan (2019) find about C such outliers for C classes
     (C - 1 for softmax cross-entropy, whose output Hessian has rank C - 1).
     """
-    ev = torch.as_tensor(eigenvalues).detach().to(torch.float64).flatten().sort(descending=True).values
-    if not isinstance(max_outliers, int) or max_outliers < 1:
-        raise ValueError(f"max_outliers must be a positive int, got {max_outliers!r}")
+    checks.positive_int(max_outliers, "max_outliers")
+    try:
+        ev = torch.as_tensor(eigenvalues).detach().to(torch.float64).flatten()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"eigenvalues must be a tensor or sequence of real numbers, got {type(eigenvalues).__name__}") \
+            from exc
+    checks.tensor(ev, "eigenvalues")
+    ev = ev.sort(descending=True).values
     ev = ev[ev > 0][: max_outliers + 1]
     if len(ev) < 2:
         raise ValueError("eigenvalues must hold at least two positive values")
@@ -46,6 +52,8 @@ def outlier_count(eigenvalues: torch.Tensor, *, max_outliers: int = 30) -> int:
 def subspace_fraction(vector: torch.Tensor, basis: torch.Tensor) -> float:
     """``||P v||^2 / ||v||^2``: the share of ``vector`` in the span of ``basis``'s orthonormal columns
     (Gur-Ari, Roberts and Dyer, *Gradient Descent Happens in a Tiny Subspace*, arXiv:1812.04754)."""
+    checks.tensor(vector, "vector")
+    checks.tensor(basis, "basis")
     if basis.ndim != 2 or vector.ndim != 1 or basis.shape[0] != vector.shape[0]:
         raise ValueError(f"basis must be (P, k) and vector (P,), got {tuple(basis.shape)} and {tuple(vector.shape)}")
     v = vector.detach().to(torch.float64)

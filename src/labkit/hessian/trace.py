@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from labkit import checks
 from labkit.autograd import check_generator, rademacher, randn
 from labkit.hessian.lanczos import product
 from labkit.hessian.protocol import Operator, as_operator
@@ -53,12 +54,9 @@ def hutchinson_trace(
     """
     op = as_operator(op)
     n = int(op.numel)
-    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 2:
-        raise ValueError(f"samples must be an int >= 2, got {samples!r}")
-    if method not in ("hutchinson", "hutch++"):
-        raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
-    if distribution not in ("rademacher", "gaussian"):
-        raise ValueError(f"distribution must be 'rademacher' or 'gaussian', got {distribution!r}")
+    checks.integer(samples, "samples", low=2)
+    checks.choice(method, "method", ("hutchinson", "hutch++"))
+    checks.choice(distribution, "distribution", ("rademacher", "gaussian"))
     check_generator(generator)
     device = op.device
 
