@@ -16,7 +16,11 @@ Corner cases this implementation guarantees (each is tested):
 * the perturbation has norm exactly ``rho`` (ASAM: weight-scaled norm ``rho``), and a zero gradient
   gives no perturbation instead of NaNs;
 * the weights are restored by copy (not by subtracting ``e``), so they come back bit for bit;
-* parameters without a gradient are neither perturbed nor counted in the norm;
+* parameters without a gradient are neither perturbed nor counted in the norm; non-finite gradients give no
+  perturbation (the base step then sees them, as it would without SAM, and ``fit`` stops on the NaN loss);
+* every number (``rho``, ``adaptive_eta``, the base optimizer's ``lr``, ``momentum``...) is checked finite, in
+  range and representable in the parameters' dtype, in the constructor, its parameter groups and
+  ``add_param_group``;
 * ``param_groups`` and ``state`` are the base optimizer's own objects, so LR schedulers act on the
   base step and ``state_dict`` carries the base optimizer's momentum buffers and round-trips.
 

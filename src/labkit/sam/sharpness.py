@@ -13,6 +13,12 @@
 Every function takes ``loss_fn(outputs, targets) -> mean loss`` and ``data = (inputs, targets)``, the
 convention of ``labkit.hessian.HessianOperator``. Models are evaluated in eval mode (every submodule's
 mode, the parameters, their ``.grad`` and the buffers are restored afterwards).
+
+Bad input is a ``ValueError``/``TypeError`` naming the argument, never a silent number: every option is a finite
+number in range (``labkit.checks``); ``params`` must be the model's own; the model's weights must be finite; the
+data must be a finite ``(inputs, targets)`` pair in the model's dtype that the model and ``loss_fn`` accept
+(probed on the first two rows; integer targets of a cross-entropy/NLL loss must be class indices of the outputs).
+A NaN/inf loss inside the ball of ``worst_case_sharpness`` is an error naming ``rho``, not a skipped point.
 """
 
 from __future__ import annotations
