@@ -4,6 +4,11 @@ guidance policies (CFG, CFG rescale, classifier guidance, guidance interval, ada
 distribution metrics, a tiny trained conditional denoiser and the notebooks' experiments.
 
 Noise convention everywhere: ``x = x0 + sigma * eps``; a denoiser is ``D(x, sigma[, label])``.
+
+Bad arguments (NaN or inf numbers and tensors, out-of-range options, labels outside a denoiser's classes,
+another dtype than the model's, a wrong feature size, empty data, the ``meta`` device) are a ``ValueError``
+or ``TypeError`` naming the argument. The measurements (samplers, guidance policies, the classifier
+gradient, the experiments) run an ``nn.Module`` denoiser or classifier in eval mode and leave it as found.
 """
 
 from labkit.diffusion.experiments import (

@@ -20,13 +20,17 @@ from typing import NamedTuple, TypeVar
 
 import torch
 
+from labkit import checks
 from labkit.autograd import check_generator, randint, randn
+from labkit.diffusion._checks import call, evaluating, finite_output
+from labkit.diffusion._checks import samples as check_samples
 from labkit.diffusion.guidance import GuidancePolicy
-from labkit.diffusion.linear import gaussian_teleport
+from labkit.diffusion.linear import _check_gaussian, _check_x, gaussian_teleport
 from labkit.diffusion.metrics import mmd2, mode_mass, precision_recall
 from labkit.diffusion.mixtures import GaussianMixture
 from labkit.diffusion.models import MLPDenoiser
 from labkit.diffusion.samplers import Sampler, get_sampler, sample_ode
+from labkit.diffusion.schedules import check_sigmas
 from labkit.diffusion.training import train_denoiser
 from labkit.training import History
 
@@ -72,6 +76,12 @@ def guided_run(
         raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
     if not isinstance(label, int) or isinstance(label, bool):
         raise TypeError(f"label must be an int, got {type(label).__name__}")
+    if not 0 <= label < mixture.num_classes:
+        raise ValueError(f"label must be a class index in [0, {mixture.num_classes}) (the mixture has "
+                         f"{mixture.num_classes} classes), got {label}")
+    if reference is not None:
+        check_samples(reference, "reference", ndim=2, dim=mixture.dim, min_n=2)
+        checks.integer(k, "k", low=1, high=reference.shape[0] - 1)
     out = get_sampler(sampler)(mixture if denoiser is None else denoiser, x, sigmas, label=label, guidance=guidance)
     samples = out.samples
     modes = mode_mass(samples, mixture, label=label)[mixture.labels == label].tolist()
@@ -130,6 +140,10 @@ def train_mixture_denoiser(
     Everything random (the training set, the initialisation, the mini-batches and the loss's noise)
     follows from one number drawn from ``generator``; torch's global generator is left as found.
     """
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
+    checks.integer(n, "n", low=2)
+    lr = checks.number(lr, "lr", low=0, low_open=True)
     check_generator(generator)
     seed = int(randint(0, 2**31 - 1, (1,), generator=generator))
     x, comp = mixture.sample_components(n, generator=torch.Generator().manual_seed(seed))
@@ -166,20 +180,41 @@ def denoiser_gaps(
     """Noise the clean probes ``x0`` to each level (``x = x0 + sigma * eps``), run every denoiser
     (called as ``D(x, sigma)``) and measure the relative gap of each pair (Wang & Vastola, 2024,
     https://arxiv.org/abs/2311.10892: how Gaussian a learned score is at each noise level)."""
+    if not isinstance(denoisers, Mapping) or not denoisers:
+        raise ValueError("denoisers must be a non-empty mapping {name: denoiser(x, sigma)}")
+    for name, d in denoisers.items():
+        if not callable(d):
+            raise TypeError(f"denoisers[{name!r}] must be callable as D(x, sigma), got {type(d).__name__}")
+        check_samples(x0, "x0", model=d)
+    levels = _noise_levels(noise_levels)
+    check_generator(generator)
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or not pairs:
+        raise ValueError("pairs must be a non-empty sequence of (name, name) pairs")
     names = set(denoisers)
     if reference not in names:
         raise ValueError(f"reference must be one of the denoisers {sorted(names)}, got {reference!r}")
-    for a, b in pairs:
+    for pair in pairs:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(f"pairs must hold (name, name) pairs, got {pair!r}")
+        a, b = pair
         if a not in names or b not in names:
             raise ValueError(f"pairs must name denoisers of {sorted(names)}, got {(a, b)!r}")
     gaps: dict[str, list[float]] = {f"{a} vs {b}": [] for a, b in pairs}
-    for s in noise_levels:
-        x = x0 + s * randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        out = {name: d(x, s) for name, d in denoisers.items()}
-        size = (x - out[reference]).norm(dim=1).mean()
-        for a, b in pairs:
-            gaps[f"{a} vs {b}"].append(((out[a] - out[b]).norm(dim=1).mean() / size).item())
-    return DenoiserGaps([float(s) for s in noise_levels], gaps)
+    with evaluating(*denoisers.values()):
+        for s in levels:
+            x = x0 + s * randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            out = {name: finite_output(call(d, f"denoiser {name!r}", x, s), f"denoisers[{name!r}]", like=x)
+                   for name, d in denoisers.items()}
+            size = (x - out[reference]).flatten(1).norm(dim=1).mean()
+            for a, b in pairs:
+                gaps[f"{a} vs {b}"].append(((out[a] - out[b]).flatten(1).norm(dim=1).mean() / size).item())
+    return DenoiserGaps(levels, gaps)
+
+
+def _noise_levels(noise_levels: Sequence[float]) -> list[float]:
+    if isinstance(noise_levels, (str, bytes)) or not isinstance(noise_levels, Sequence) or not noise_levels:
+        raise ValueError("noise_levels must be a non-empty sequence of noise levels > 0")
+    return [checks.number(s, f"noise_levels[{i}]", low=0, low_open=True) for i, s in enumerate(noise_levels)]
 
 
 @dataclass(frozen=True)
@@ -207,8 +242,15 @@ def teleport_sweep(
     """Analytical teleportation (Wang & Vastola, 2024): from ``x`` at ``sigmas[0]`` jump with the closed
     form of ``N(mean, cov)`` to ``sigmas[skip]``, then take the remaining Heun steps with each denoiser;
     ``{(name, skip): TeleportRun}`` with MMD² to the exact ``reference`` samples."""
-    if any(not isinstance(k, int) or not 0 <= k < len(sigmas) - 1 for k in skips):
-        raise ValueError(f"skips must be ints in [0, {len(sigmas) - 2}], got {list(skips)}")
+    sigmas = check_sigmas(sigmas)
+    if not isinstance(denoisers, Mapping) or not denoisers:
+        raise ValueError("denoisers must be a non-empty mapping {name: denoiser(x, sigma)}")
+    if isinstance(skips, (str, bytes)) or not isinstance(skips, Sequence) or not skips or any(
+            isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(sigmas) - 1 for k in skips):
+        raise ValueError(f"skips must be a non-empty sequence of ints in [0, {len(sigmas) - 2}], got {skips!r}")
+    _check_gaussian(mean, cov, "teleport_sweep")
+    _check_x(x, mean)
+    check_samples(reference, "reference", ndim=2, min_n=2, dim=x.shape[1])
     sigma_max = sigmas[0].item()
     runs = {}
     for name, denoiser in denoisers.items():

@@ -13,12 +13,14 @@ tensor and the number of denoiser evaluations it used; ``policy.trace`` records 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from labkit import checks
+from labkit.diffusion._checks import call, evaluating, finite_output, labels_for, samples
 
 Denoiser = Callable[..., torch.Tensor]
 
@@ -26,18 +28,24 @@ Denoiser = Callable[..., torch.Tensor]
 def cfg(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     """Classifier-free guidance, ``uncond + w * (cond - uncond)`` (Ho & Salimans, 2022,
     https://arxiv.org/abs/2207.12598, with their ``1 + w`` written as ``w``): ``w = 1`` is conditional."""
-    if cond.shape != uncond.shape:
-        raise ValueError(f"cond and uncond must have the same shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
+    w = checks.number(w, "w")
+    _pair(cond, uncond, ("cond", "uncond"))
     return uncond + w * (cond - uncond)
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str], min_ndim: int = 1) -> None:
+    for t, name in zip((a, b), names, strict=True):
+        checks.tensor(t, name, floating=True, min_ndim=min_ndim, nonempty=True)
+    if a.shape != b.shape:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
 
 
 def cfg_rescale(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
     """CFG rescale of Lin et al. (2024, https://arxiv.org/abs/2305.08891, eq. 15-16): scale each guided
     prediction to the per-sample standard deviation of the conditional one, then mix with weight ``phi``."""
-    if not 0.0 <= phi <= 1.0:
-        raise ValueError(f"phi must be in [0, 1], got {phi}")
-    if guided.shape != cond.shape:
-        raise ValueError(f"guided and cond must have the same shape, got {tuple(guided.shape)} and {tuple(cond.shape)}")
+    phi = checks.number(phi, "phi", low=0, high=1)
+    _pair(guided, cond, ("guided", "cond"), min_ndim=2)  # a batch (N, ...): per-sample statistics
     dims = tuple(range(1, guided.ndim))
     ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-12)
     return phi * guided * ratio + (1 - phi) * guided
@@ -45,6 +53,7 @@ def cfg_rescale(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.T
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample cosine similarity of two batches (N,), flattening all but the first dimension."""
+    _pair(a, b, ("a", "b"), min_ndim=2)
     return torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1, eps=1e-12)
 
 
@@ -63,8 +72,11 @@ def _check_interval(interval: tuple[float, float] | None) -> tuple[float, float]
         return None
     if not isinstance(interval, (tuple, list)) or len(interval) != 2:
         raise ValueError(f"interval must be a pair (sigma_lo, sigma_hi) or None, got {interval!r}")
-    lo, hi = float(interval[0]), float(interval[1])
-    if not (0 <= lo < hi) or math.isnan(hi):
+    lo = checks.number(interval[0], "interval[0] (sigma_lo)")
+    hi = interval[1]
+    if not (isinstance(hi, float) and hi == float("inf")):  # (lo, inf): guidance at every sigma above lo
+        hi = checks.number(hi, "interval[1] (sigma_hi)")
+    if not 0 <= lo < hi:
         raise ValueError(f"interval must satisfy 0 <= sigma_lo < sigma_hi, got {interval!r}")
     return lo, hi
 
@@ -118,11 +130,8 @@ class CFG(GuidancePolicy):
 
     def __init__(self, w: float, *, rescale: float = 0.0, interval: tuple[float, float] | None = None):
         super().__init__(interval=interval)
-        if not math.isfinite(w):
-            raise ValueError(f"w must be finite, got {w}")
-        if not 0.0 <= rescale <= 1.0:
-            raise ValueError(f"rescale must be in [0, 1], got {rescale}")
-        self.w, self.rescale = float(w), float(rescale)
+        self.w = checks.number(w, "w")
+        self.rescale = checks.number(rescale, "rescale", low=0, high=1)
 
     def guide(self, denoiser, x, sigma, label, *, step):
         if self.w == 1.0:
@@ -143,13 +152,26 @@ def classifier_gradient(
     sigma: torch.Tensor,
     label: torch.Tensor,
 ) -> torch.Tensor:
-    """grad_x log p(label | x, sigma) of a noisy classifier returning logits (N, C); parameters untouched."""
-    with torch.enable_grad():
+    """grad_x log p(label | x, sigma) of a noisy classifier returning logits (N, C) (``label`` an int or
+    (N,) class indices in ``[0, C)``). A classifier that is an ``nn.Module`` runs in eval mode and is left
+    as found: parameters, their ``.grad``, every submodule's mode, BatchNorm statistics."""
+    if not callable(classifier):
+        raise TypeError(f"classifier must be callable as classifier(x, sigma) -> logits (N, C), got "
+                        f"{type(classifier).__name__}")
+    samples(x, "x", model=classifier)
+    if isinstance(sigma, torch.Tensor):
+        checks.tensor(sigma, "sigma")
+    else:
+        checks.number(sigma, "sigma", low=0)
+    labels = labels_for(label, x.shape[0], num_classes=None, device=x.device)
+    with evaluating(classifier), torch.enable_grad():
         xg = x.detach().requires_grad_(True)
-        logits = classifier(xg, sigma)
-        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError(f"classifier must return logits of shape (N, C), got {tuple(logits.shape)}")
-        logp = torch.log_softmax(logits, dim=1).gather(1, label.reshape(-1, 1).long()).sum()
+        logits = call(classifier, "classifier", xg, sigma)
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"classifier must return logits of shape (N, C), got {getattr(logits, 'shape', logits)}")
+        labels_for(labels, x.shape[0], num_classes=logits.shape[1], of="classifier")
+        finite_output(logits, "classifier")
+        logp = torch.log_softmax(logits, dim=1).gather(1, labels.reshape(-1, 1)).sum()
         (grad,) = torch.autograd.grad(logp, xg)
     return grad
 
@@ -170,9 +192,7 @@ class ClassifierGuidance(GuidancePolicy):
         super().__init__(interval=interval)
         if not callable(classifier):
             raise TypeError("classifier must be callable as classifier(x, sigma) -> logits (N, C)")
-        if not math.isfinite(scale):
-            raise ValueError(f"scale must be finite, got {scale}")
-        self.classifier, self.scale = classifier, float(scale)
+        self.classifier, self.scale = classifier, checks.number(scale, "scale")
 
     def _apply(self, denoiser, x, sigma, label, scale):
         uncond = denoiser(x, sigma)
@@ -212,15 +232,10 @@ class AdaptiveGuidance(GuidancePolicy):
         interval: tuple[float, float] | None = None,
     ):
         super().__init__(interval=interval)
-        if not math.isfinite(w):
-            raise ValueError(f"w must be finite, got {w}")
-        if not -1.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be a cosine in [-1, 1], got {threshold}")
-        if not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"warmup must be a non-negative int (sampler steps), got {warmup!r}")
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be a positive int, got {patience!r}")
-        self.w, self.threshold, self.warmup, self.patience = float(w), float(threshold), warmup, patience
+        self.w = checks.number(w, "w")
+        self.threshold = checks.number(threshold, "threshold (a cosine)", low=-1, high=1)
+        self.warmup = checks.integer(warmup, "warmup (sampler steps)", low=0)
+        self.patience = checks.positive_int(patience, "patience")
         self.reset()
 
     def reset(self) -> None:

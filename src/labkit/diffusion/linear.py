@@ -21,18 +21,46 @@ from typing import NamedTuple
 
 import torch
 
+from labkit import checks
+from labkit.diffusion._checks import samples
 from labkit.diffusion.mixtures import GaussianMixture
 
 
-def _check_gaussian(mean: torch.Tensor, cov: torch.Tensor, name: str) -> None:
-    if mean.ndim != 1 or cov.shape != (mean.shape[0], mean.shape[0]):
-        raise ValueError(f"{name}: mean must be (D,) and cov (D, D), got {tuple(mean.shape)} and {tuple(cov.shape)}")
+def _check_cov(cov: torch.Tensor, name: str = "cov") -> torch.Tensor:
+    checks.tensor(cov, name, floating=True, ndim=2, nonempty=True)
+    if cov.shape[0] != cov.shape[1]:
+        raise ValueError(f"{name} must be a square (D, D) matrix, got shape {tuple(cov.shape)}")
+    if not torch.allclose(cov, cov.T, atol=1e-6, rtol=1e-5):
+        raise ValueError(f"{name} must be symmetric (a covariance)")
+    evals = torch.linalg.eigvalsh(0.5 * (cov + cov.T))
+    if (evals < -1e-6 * evals.abs().max().clamp_min(1.0)).any():
+        raise ValueError(f"{name} must be positive semi-definite (a covariance), got eigenvalue "
+                         f"{float(evals.min()):.3g}")
+    return cov
+
+
+def _check_gaussian(mean: torch.Tensor, cov: torch.Tensor, name: str, names: tuple[str, str] = ("mean", "cov")
+                    ) -> None:
+    checks.tensor(mean, names[0], floating=True, ndim=1, nonempty=True)
+    _check_cov(cov, names[1])
+    if cov.shape != (mean.shape[0], mean.shape[0]):
+        raise ValueError(f"{name}: {names[0]} must be (D,) and {names[1]} (D, D), got {tuple(mean.shape)} and "
+                         f"{tuple(cov.shape)}")
+    if cov.dtype != mean.dtype:
+        raise TypeError(f"{names[0]} and {names[1]} must have the same dtype, got {mean.dtype} and {cov.dtype}")
+
+
+def _check_x(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    samples(x, "x", ndim=2, dim=mean.shape[0])
+    if x.dtype != mean.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but the Gaussian is {mean.dtype}: convert one of them")
+    return x
 
 
 def wiener_gain(cov: torch.Tensor, sigma: float) -> torch.Tensor:
     """``W = S (S + sigma^2 I)^-1`` (D, D): the linear part of a Gaussian's posterior-mean denoiser."""
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
+    _check_cov(cov)
+    sigma = checks.number(sigma, "sigma", low=0, low_open=True)
     eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
     return torch.linalg.solve(cov + sigma**2 * eye, cov).T  # S (S + s^2 I)^-1, both symmetric
 
@@ -40,6 +68,7 @@ def wiener_gain(cov: torch.Tensor, sigma: float) -> torch.Tensor:
 def gaussian_denoise(x: torch.Tensor, sigma: float, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
     """The exact denoiser of ``N(mean, cov)``: ``mean + W (x - mean)`` for x (N, D)."""
     _check_gaussian(mean, cov, "gaussian_denoise")
+    _check_x(x, mean)
     return mean + (x - mean) @ wiener_gain(cov, sigma).T
 
 
@@ -61,6 +90,11 @@ class CFGDecomposition:
 
     def guided_update(self, cond: torch.Tensor, w: float) -> torch.Tensor:
         """The CFG denoiser ``D_c + (w - 1)(D_c - D_u)`` (labkit's ``cfg(cond, uncond, w)``)."""
+        w = checks.number(w, "w")
+        checks.tensor(cond, "cond", floating=True)
+        if cond.shape != self.mean_shift.shape:
+            raise ValueError(f"cond must have the decomposition's shape {tuple(self.mean_shift.shape)}, got "
+                             f"{tuple(cond.shape)}")
         return cond + (w - 1) * self.total
 
 
@@ -75,10 +109,13 @@ def cfg_decomposition(
 ) -> CFGDecomposition:
     """Split the linear-Gaussian CFG direction at noise level ``sigma`` into mean shift, positive and
     negative contrastive-principal-component terms (Li, Wang, Qu, 2025)."""
-    _check_gaussian(mean_c, cov_c, "class Gaussian")
-    _check_gaussian(mean_u, cov_u, "unconditional Gaussian")
-    if x.ndim != 2 or x.shape[1] != mean_c.shape[0] or mean_u.shape != mean_c.shape:
-        raise ValueError(f"x must be (N, {mean_c.shape[0]}) and both means of the same size")
+    _check_gaussian(mean_c, cov_c, "class Gaussian", ("mean_c", "cov_c"))
+    _check_gaussian(mean_u, cov_u, "unconditional Gaussian", ("mean_u", "cov_u"))
+    if mean_u.shape != mean_c.shape or mean_u.dtype != mean_c.dtype:
+        raise ValueError(f"mean_u and mean_c must have the same size and dtype, got {tuple(mean_u.shape)} "
+                         f"{mean_u.dtype} and {tuple(mean_c.shape)} {mean_c.dtype}")
+    _check_x(x, mean_c)
+    sigma = checks.number(sigma, "sigma", low=0, low_open=True)
     eye = torch.eye(mean_c.shape[0], dtype=x.dtype, device=x.device)
     w_c, w_u = wiener_gain(cov_c, sigma), wiener_gain(cov_u, sigma)
     delta = 0.5 * ((w_c - w_u) + (w_c - w_u).T)  # symmetric up to round-off
@@ -101,6 +138,11 @@ class Eigh(NamedTuple):
 
 def contrastive_components(cov_c: torch.Tensor, cov_u: torch.Tensor) -> Eigh:
     """Eigenvalues (ascending) and eigenvectors of ``S_c - S_u``: contrastive PCA (Abid et al., 2018)."""
+    _check_cov(cov_c, "cov_c")
+    _check_cov(cov_u, "cov_u")
+    if cov_c.shape != cov_u.shape or cov_c.dtype != cov_u.dtype:
+        raise ValueError(f"cov_c and cov_u must have the same shape and dtype, got {tuple(cov_c.shape)} "
+                         f"{cov_c.dtype} and {tuple(cov_u.shape)} {cov_u.dtype}")
     diff = cov_c - cov_u
     return Eigh(*torch.linalg.eigh(0.5 * (diff + diff.T)))
 
@@ -115,8 +157,9 @@ def gaussian_teleport(
     the early, nearly linear part of sampling is replaced by this closed form.
     """
     _check_gaussian(mean, cov, "gaussian_teleport")
-    if not (sigma_from > 0 and sigma_to >= 0):
-        raise ValueError(f"need sigma_from > 0 and sigma_to >= 0, got {sigma_from}, {sigma_to}")
+    _check_x(x, mean)
+    sigma_from = checks.number(sigma_from, "sigma_from", low=0, low_open=True)
+    sigma_to = checks.number(sigma_to, "sigma_to", low=0)
     evals, evecs = torch.linalg.eigh(cov)
     gain = ((evals.clamp_min(0) + sigma_to**2) / (evals.clamp_min(0) + sigma_from**2)).sqrt()
     return mean + ((x - mean) @ evecs) * gain @ evecs.T
@@ -132,10 +175,8 @@ class GaussianFit(NamedTuple):
 def gaussian_fit(x: torch.Tensor, *, ridge: float = 1e-3) -> GaussianFit:
     """The sample mean and covariance of ``x`` (N, D), plus ``ridge * I`` so that the covariance of
     a few images (N < D) is invertible: the "linear-Gaussian model" of Li, Wang & Qu (2025)."""
-    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"x must be a tensor of shape (N, D) with N >= 2, got {getattr(x, 'shape', type(x))}")
-    if not ridge >= 0:
-        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    samples(x, "x", ndim=2, min_n=2)
+    ridge = checks.number(ridge, "ridge", low=0)
     eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     return GaussianFit(x.mean(0), torch.cov(x.T) + ridge * eye)
 
@@ -150,8 +191,12 @@ class LinearGaussianModel:
     """
 
     def __init__(self, x: torch.Tensor, labels: torch.Tensor, *, ridge: float = 1e-3):
-        if not isinstance(labels, torch.Tensor) or labels.shape != (x.shape[0],) or labels.is_floating_point():
+        samples(x, "x", ndim=2, min_n=2)
+        checks.tensor(labels, "labels")
+        if labels.shape != (x.shape[0],) or labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},)")
+        if int(labels.min()) < 0:
+            raise ValueError(f"labels must be class indices >= 0, got min {int(labels.min())}")
         counts = torch.bincount(labels)
         if (counts < 2).any():
             raise ValueError("every class 0..max(labels) needs at least two samples")
@@ -160,8 +205,13 @@ class LinearGaussianModel:
         self.classes = GaussianMixture(torch.stack([f.mean for f in fits]), torch.stack([f.cov for f in fits]),
                                        counts.to(x.dtype))
 
+    @property
+    def num_classes(self) -> int:
+        return self.classes.num_components
+
     def class_fit(self, label: int) -> GaussianFit:
         """The Gaussian of class ``label``."""
+        checks.integer(label, "label", low=0, high=self.num_classes - 1)
         return GaussianFit(self.classes.means[label], self.classes.covariances[label])
 
     def __call__(
@@ -169,7 +219,11 @@ class LinearGaussianModel:
     ) -> torch.Tensor:
         if label is not None:
             return self.classes.denoise(x, sigma, label)
+        if isinstance(sigma, torch.Tensor):
+            checks.tensor(sigma, "sigma")
         s = torch.as_tensor(sigma).reshape(-1)
+        if s.numel() == 0:
+            raise ValueError("sigma is empty")
         if not bool((s == s[0]).all()):
             raise ValueError("the unconditional linear denoiser takes one noise level per call")
         return gaussian_denoise(x, float(s[0]), *self.unconditional)

@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import torch
 
+from labkit import checks
+from labkit.diffusion._checks import samples as check_samples
 from labkit.diffusion.mixtures import GaussianMixture
 
 
@@ -14,10 +16,7 @@ def _check_pair(
     x: torch.Tensor, y: torch.Tensor, names: tuple[str, str] = ("x", "y")
 ) -> tuple[torch.Tensor, torch.Tensor]:
     for t, name in zip((x, y), names, strict=True):
-        if not isinstance(t, torch.Tensor) or t.ndim < 2 or t.shape[0] < 2:
-            raise ValueError(f"{name} must be a tensor of shape (N, ...) with N >= 2")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} holds NaN or infinite values")
+        check_samples(t, name, min_n=2)
     x, y = x.flatten(1), y.flatten(1)
     if x.shape[1] != y.shape[1]:
         raise ValueError(
@@ -35,9 +34,13 @@ def mode_mass(
     Each sample goes to its most probable clean component (``soft=True``: the responsibilities are
     averaged instead, an unbiased estimate of the weights for exact samples). With ``label`` only that
     class's components compete (the others get 0), so overlapping classes do not bias a class's shares.
+    Samples with NaN or inf are refused (they would all be counted in component 0).
     """
-    if not isinstance(samples, torch.Tensor) or samples.ndim != 2 or samples.shape[0] < 1:
-        raise ValueError("samples must be a tensor of shape (N, D) with N >= 1")
+    if not isinstance(mixture, GaussianMixture):
+        raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
+    check_samples(samples, "samples", ndim=2, dim=mixture.dim)  # NaN samples would all land in component 0
+    if not isinstance(soft, bool):
+        raise TypeError(f"soft must be a bool, got {type(soft).__name__}")
     sigma = 0.0 if (mixture.evals > 0).all() else 1e-3
     resp = mixture.responsibilities(samples, sigma, label=label)
     if soft:
@@ -53,16 +56,26 @@ def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def mmd2(x: torch.Tensor, y: torch.Tensor, *, bandwidths: tuple[float, ...] | None = None) -> float:
     """Unbiased squared MMD with a sum of Gaussian kernels (Gretton et al., 2012, JMLR).
 
-    ``bandwidths`` default to (0.5, 1, 2) times the median pairwise distance of (up to 500 of) the
-    pooled samples. Distances and kernels are evaluated in float32 on centred data.
+    ``bandwidths`` (a non-empty sequence of finite numbers > 0) default to (0.5, 1, 2) times the median
+    pairwise distance of (up to 500 of) the pooled samples. Distances and kernels are evaluated in float32
+    on centred data; samples with NaN or inf are refused.
     """
     x, y = _check_pair(x, y)
-    if bandwidths is None:
+    if bandwidths is not None:
+        if isinstance(bandwidths, (str, bytes)) or not hasattr(bandwidths, "__iter__"):
+            raise TypeError(f"bandwidths must be a sequence of positive numbers (e.g. (1.0,)) or None, got "
+                            f"{type(bandwidths).__name__}")
+        bandwidths = tuple(checks.number(b, f"bandwidths[{i}]", low=0, low_open=True)
+                           for i, b in enumerate(bandwidths))
+        for i, b in enumerate(bandwidths):
+            if b < 1e-18:  # -1 / (2 b^2) must stay finite in float32
+                raise ValueError(f"bandwidths[{i}] must be > 1e-18 (float32 kernels), got {b}")
+        if not bandwidths:
+            raise ValueError("bandwidths must hold at least one bandwidth (or be None for the median heuristic)")
+    else:
         pooled = torch.cat([x[:250], y[:250]])
         med = _sq_dists(pooled, pooled).sqrt().median().clamp_min(1e-12).item()
         bandwidths = (0.5 * med, med, 2.0 * med)
-    if any(b <= 0 for b in bandwidths):
-        raise ValueError(f"bandwidths must be positive, got {bandwidths}")
     n, m = x.shape[0], y.shape[0]
     dxx, dyy, dxy = (_sq_dists(a, b) for a, b in ((x, x), (y, y), (x, y)))
     total = 0.0
@@ -78,8 +91,11 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, *, bandwidths: tuple[float, ...] | No
 def displacement(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean per-sample Euclidean distance ``mean_i |a_i - b_i|`` between two runs from the same start
     (how far a cheaper sampler moved the samples of a reference one)."""
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape or a.ndim < 2:
-        raise ValueError("a and b must be tensors of the same shape (N, ...)")
+    check_samples(a, "a")
+    check_samples(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must be tensors of the same shape (N, ...), got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
     return (a - b).flatten(1).norm(dim=1).mean().item()
 
 
@@ -95,7 +111,9 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = 3) -> P
     precision = share of ``fake`` inside some real sample's k-NN ball (fidelity); recall = share of
     ``real`` inside some fake sample's k-NN ball (coverage / diversity)."""
     real, fake = _check_pair(real, fake, ("real", "fake"))
-    if not isinstance(k, int) or k < 1 or k >= min(real.shape[0], fake.shape[0]):
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 1 or k >= min(real.shape[0], fake.shape[0]):
         raise ValueError(f"k must be a positive int smaller than both sample sizes, got {k!r}")
 
     def radii(a: torch.Tensor) -> torch.Tensor:  # squared distance to the k-th neighbour (self excluded)

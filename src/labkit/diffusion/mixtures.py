@@ -17,7 +17,9 @@ from typing import NamedTuple
 
 import torch
 
+from labkit import checks
 from labkit.autograd import check_generator, generator_device, randn
+from labkit.diffusion._checks import labels_for
 
 Label = int | torch.Tensor | None
 
@@ -29,8 +31,27 @@ class MixtureSample(NamedTuple):
     components: torch.Tensor
 
 
+def _real(value: object, name: str) -> torch.Tensor:
+    """``value`` as a real tensor (a tensor not on ``meta``, or numbers torch can read), bools and complex refused."""
+    if isinstance(value, torch.Tensor):
+        checks.tensor(value, name, finite=False)
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be a tensor or nested lists of numbers, got {type(value).__name__}") from err
+    if t.is_complex() or (t.dtype == torch.bool and name != "labels"):
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    return t
+
+
 def as_sigma(sigma: float | torch.Tensor, n: int, *, like: torch.Tensor, allow_zero: bool = True) -> torch.Tensor:
     """Noise levels as a float tensor of shape (n,) on ``like``'s device; validates the range."""
+    if isinstance(sigma, torch.Tensor):
+        checks.tensor(sigma, "sigma", finite=False)
+        if sigma.dtype == torch.bool or sigma.is_complex():
+            raise TypeError(f"sigma must hold real numbers, got dtype {sigma.dtype}")
+    else:
+        checks.number(sigma, "sigma")
     s = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
     if s.ndim == 0:
         s = s.expand(n)
@@ -63,13 +84,14 @@ class GaussianMixture:
         *,
         labels: torch.Tensor | list[int] | None = None,
     ):
-        means = torch.as_tensor(means)
+        means = _real(means, "means")
         if not means.is_floating_point():
             means = means.float()
-        if means.ndim != 2:
-            raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        if means.ndim != 2 or means.numel() == 0:
+            raise ValueError(f"means must have shape (K, D) with K, D >= 1, got {tuple(means.shape)}")
+        checks.tensor(means, "means")  # finite
         k, d = means.shape
-        cov = torch.as_tensor(covariances, dtype=means.dtype, device=means.device)
+        cov = _real(covariances, "covariances").to(dtype=means.dtype, device=means.device)
         if cov.shape == (k,):
             cov = torch.diag_embed(cov[:, None].expand(k, d))
         elif cov.shape == (k, d):
@@ -78,9 +100,10 @@ class GaussianMixture:
             raise ValueError(
                 f"covariances must have shape ({k}, {d}, {d}), ({k}, {d}) or ({k},), got {tuple(cov.shape)}"
             )
+        checks.tensor(cov, "covariances")  # NaN or inf named as such, not as an asymmetry
         if not torch.allclose(cov, cov.transpose(-1, -2), atol=1e-6, rtol=1e-5):
             raise ValueError("covariances must be symmetric")
-        w = torch.as_tensor(weights, dtype=means.dtype, device=means.device)
+        w = _real(weights, "weights").to(dtype=means.dtype, device=means.device)
         if w.shape != (k,):
             raise ValueError(f"weights must have shape ({k},), got {tuple(w.shape)}")
         if (w < 0).any() or not torch.isfinite(w).all() or w.sum() <= 0:
@@ -88,8 +111,8 @@ class GaussianMixture:
         if labels is None:
             lab = torch.arange(k, device=means.device)
         else:
-            lab = torch.as_tensor(labels, device=means.device)
-            if lab.shape != (k,) or lab.is_floating_point() or (lab < 0).any():
+            lab = _real(labels, "labels").to(means.device)
+            if lab.shape != (k,) or lab.is_floating_point() or lab.dtype == torch.bool or (lab < 0).any():
                 raise ValueError(f"labels must be {k} non-negative integers, got {labels!r}")
         # diagonal covariances (the common case) skip the rotations: eigenvectors = identity
         self.diagonal = bool((cov == torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))).all())
@@ -198,10 +221,8 @@ class GaussianMixture:
     ) -> MixtureSample:
         """``n`` samples and the component each came from: ``x, comp = mixture.sample_components(n)``;
         ``mixture.labels[comp]`` are their classes."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
-        if not math.isfinite(float(sigma)) or float(sigma) < 0:
-            raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+        checks.positive_int(n, "n")
+        sigma = checks.number(sigma, "sigma", low=0)
         check_generator(generator)
         weights = self.weights.to(generator_device(generator))
         comp = torch.multinomial(weights, n, replacement=True, generator=generator).to(self.device)
@@ -219,23 +240,18 @@ class GaussianMixture:
     def _check_x(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (N, {self.dim}), got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != self.dim or x.shape[0] < 1:
+            raise ValueError(f"x must have shape (N, {self.dim}) with N >= 1, got {tuple(x.shape)}")
+        checks.tensor(x, "x")
+        if x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"x must hold real numbers, got dtype {x.dtype}")
         return x.to(self.means.dtype) if x.dtype != self.means.dtype else x
 
     def _label_mask(self, label: Label, n: int) -> torch.Tensor | None:
         """(n, K) bool mask of components allowed by ``label`` (None: all)."""
         if label is None:
             return None
-        lab = torch.as_tensor(label, device=self.device)
-        if lab.is_floating_point():
-            raise TypeError("label must be an int or an integer tensor")
-        if lab.ndim == 0:
-            lab = lab.expand(n)
-        if lab.shape != (n,):
-            raise ValueError(f"label must be an int or a tensor of shape ({n},), got shape {tuple(lab.shape)}")
-        if ((lab < 0) | (lab >= self.num_classes)).any():
-            raise ValueError(f"label must be in 0..{self.num_classes - 1}")
+        lab = labels_for(label, n, num_classes=self.num_classes, of="mixture", device=self.device)
         return lab[:, None] == self.labels[None, :]
 
     def _terms(self, x: torch.Tensor, sigma: float | torch.Tensor, label: Label, *, allow_zero: bool = True):
@@ -350,10 +366,11 @@ def ring_mixture(
     ``radius + (j - (m - 1) / 2) * spread`` from the origin, so mode ``j = 0`` is the class's "inner"
     mode, nearest the other classes: the mode that strong guidance starves first.
     """
-    if num_classes < 1 or modes_per_class < 1:
-        raise ValueError("num_classes and modes_per_class must be positive")
-    if std <= 0 or radius <= 0:
-        raise ValueError("std and radius must be positive")
+    checks.positive_int(num_classes, "num_classes")
+    checks.positive_int(modes_per_class, "modes_per_class")
+    radius = checks.number(radius, "radius", low=0, low_open=True)
+    std = checks.number(std, "std", low=0, low_open=True)
+    spread = checks.number(spread, "spread", low=0)
     means, labels = [], []
     for c in range(num_classes):
         base = 2 * math.pi * c / num_classes

@@ -13,6 +13,9 @@ import math
 import torch
 from torch import nn
 
+from labkit import checks
+from labkit.diffusion._checks import samples
+
 
 def noise_embedding(sigma: torch.Tensor, size: int) -> torch.Tensor:
     """Fourier features of ``c_noise = log(sigma) / 4`` (N, size) (Karras et al., 2022)."""
@@ -23,6 +26,12 @@ def noise_embedding(sigma: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _sigma_vector(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(sigma, torch.Tensor):
+        checks.tensor(sigma, "sigma", finite=False)
+        if sigma.dtype == torch.bool or sigma.is_complex():
+            raise TypeError(f"sigma must hold real numbers, got dtype {sigma.dtype}")
+    elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"sigma must be a number or a tensor, got {type(sigma).__name__}")
     s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if s.ndim == 0:
         s = s.expand(x.shape[0])
@@ -49,13 +58,13 @@ class MLPDenoiser(nn.Module):
         sigma_data: float = 1.0,
     ):
         super().__init__()
-        if dim < 1 or hidden < 1 or depth < 1 or num_classes < 0:
-            raise ValueError(
-                f"need dim, hidden, depth >= 1 and num_classes >= 0, got {dim}, {hidden}, {depth}, "
-                f"{num_classes}"
-            )
-        if sigma_data <= 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        for value, name in ((dim, "dim"), (hidden, "hidden"), (depth, "depth")):
+            checks.positive_int(value, name)
+        checks.integer(num_classes, "num_classes", low=0)
+        checks.integer(embed, "embed", low=2)
+        if embed % 2:
+            raise ValueError(f"embed must be even (sine and cosine features), got {embed}")
+        sigma_data = checks.number(sigma_data, "sigma_data", low=0, low_open=True)
         self.dim, self.num_classes, self.embed, self.sigma_data = dim, num_classes, embed, float(sigma_data)
         self.label_embedding = nn.Embedding(num_classes + 1, embed) if num_classes > 0 else None
         layers: list[nn.Module] = []
@@ -73,8 +82,14 @@ class MLPDenoiser(nn.Module):
             return None
         if label is None:
             return torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+        if isinstance(label, bool) or (isinstance(label, torch.Tensor) and label.dtype == torch.bool):
+            raise TypeError("label must be an int or an integer tensor, got a bool")
+        if isinstance(label, torch.Tensor):
+            checks.tensor(label, "label", finite=False)
+        elif not isinstance(label, int):
+            raise TypeError(f"label must be an int, an integer tensor or None, got {type(label).__name__}")
         lab = torch.as_tensor(label, device=device)
-        if lab.is_floating_point():
+        if lab.is_floating_point() or lab.is_complex():
             raise TypeError("label must be an int or an integer tensor")
         lab = lab.long().expand(n) if lab.ndim == 0 else lab.long()
         if lab.shape != (n,) or ((lab < 0) | (lab > self.num_classes)).any():
@@ -86,10 +101,9 @@ class MLPDenoiser(nn.Module):
     def forward(
         self, x: torch.Tensor, sigma: torch.Tensor | float, label: torch.Tensor | int | None = None
     ) -> torch.Tensor:
+        samples(x, "x", dim=self.dim, model=self)
         shape = x.shape
         flat = x.reshape(shape[0], -1)
-        if flat.shape[1] != self.dim:
-            raise ValueError(f"x must have {self.dim} features per sample, got shape {tuple(shape)}")
         s = _sigma_vector(sigma, flat)
         sd2 = self.sigma_data**2
         c_in = 1 / (s**2 + sd2).sqrt()

@@ -11,7 +11,11 @@ guidance=None, generator=None, trace=False) -> SampleResult``; :func:`sample_eul
 :func:`sample_ddim` (``eta = 0``) and :func:`sample_ddpm` have it, ``SAMPLERS`` names them. Guidance
 (CFG, a guidance interval, adaptive guidance, classifier guidance) is a policy passed as ``guidance=``.
 
-Every sampler counts denoiser evaluations (``nfe``) and can record a per-step trace.
+Every sampler counts denoiser evaluations (``nfe``) and can record a per-step trace. A denoiser (or a
+classifier-guidance classifier) that is an ``nn.Module`` is evaluated in eval mode and left as found
+(parameters, ``.grad``, every submodule's mode, BatchNorm statistics); ``label`` must be a class index of
+the denoiser (``label=None``, not the null class, samples unconditionally); a denoiser that returns NaN or
+inf stops sampling with a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import Any
 
 import torch
 
-from labkit.autograd import randn
+from labkit import checks
+from labkit.autograd import check_generator, randn
+from labkit.diffusion._checks import call, evaluating, finite_output, labels_for, num_classes_of, samples
 from labkit.diffusion.guidance import GuidancePolicy
 from labkit.diffusion.schedules import check_sigmas
 
@@ -72,26 +78,24 @@ class _Evaluator:
             self.nfe += out.nfe
             denoised, guided = out.denoised, out.guided
         else:
-            denoised = self.denoiser(x, s) if self.label is None else self.denoiser(x, s, self.label)
+            args = (s,) if self.label is None else (s, self.label)
+            denoised = call(self.denoiser, "denoiser", x, *args)
             self.nfe += 1
             guided = False
-        if denoised.shape != x.shape:
-            raise ValueError(f"denoiser returned shape {tuple(denoised.shape)} for input shape {tuple(x.shape)}")
+        finite_output(denoised, "denoiser" if self.guidance is None else "the guided denoiser", like=x)
         return denoised, guided
 
+    def evaluating(self) -> Any:
+        """The model-state guard over the denoiser and a guidance policy's classifier (eval mode, restored)."""
+        return evaluating(self.denoiser, getattr(self.guidance, "classifier", None))
 
-def _prepare(x: torch.Tensor, sigmas: torch.Tensor, label: Any) -> tuple[torch.Tensor, list[float], Any]:
-    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] < 1:
-        raise ValueError("x must be a tensor of shape (N, ...) holding the initial noisy samples")
+
+def _prepare(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, label: Any
+             ) -> tuple[torch.Tensor, list[float], Any]:
+    samples(x, "x", model=denoiser)
     sig = check_sigmas(sigmas).tolist()
     if label is not None:
-        label = torch.as_tensor(label, device=x.device)
-        if label.is_floating_point():
-            raise TypeError("label must be an int or an integer tensor")
-        if label.ndim == 0:
-            label = label.expand(x.shape[0])
-        if label.shape != (x.shape[0],):
-            raise ValueError(f"label must be an int or a tensor of shape ({x.shape[0]},), got {tuple(label.shape)}")
+        label = labels_for(label, x.shape[0], num_classes=num_classes_of(denoiser), device=x.device)
     return x, sig, label
 
 
@@ -115,24 +119,25 @@ def sample_ode(
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
-    x, sig, label = _prepare(x, sigmas, label)
+    x, sig, label = _prepare(denoiser, x, sigmas, label)
     ev = _Evaluator(denoiser, label, guidance, x.shape[0])
     rows: list[dict[str, Any]] | None = [] if trace else None
-    for i, (s, s_next) in enumerate(zip(sig[:-1], sig[1:], strict=True)):
-        nfe0, x_in = ev.nfe, x
-        if s == 0:
-            raise ValueError("sigmas must be > 0 except for the last one")
-        denoised, guided = ev(x, s, i)
-        d = (x - denoised) / s
-        x_next = x + (s_next - s) * d
-        if solver == "heun" and s_next > 0:
-            denoised2, _ = ev(x_next, s_next, i)
-            d2 = (x_next - denoised2) / s_next
-            x_next = x + (s_next - s) * 0.5 * (d + d2)
-        x = x_next
-        if rows is not None:
-            rows.append({"step": i, "sigma": s, "sigma_next": s_next, "nfe": ev.nfe - nfe0, "guided": guided,
-                         "x_in": x_in, "x": x, "denoised": denoised})
+    with ev.evaluating():
+        for i, (s, s_next) in enumerate(zip(sig[:-1], sig[1:], strict=True)):
+            nfe0, x_in = ev.nfe, x
+            if s == 0:
+                raise ValueError("sigmas must be > 0 except for the last one")
+            denoised, guided = ev(x, s, i)
+            d = (x - denoised) / s
+            x_next = x + (s_next - s) * d
+            if solver == "heun" and s_next > 0:
+                denoised2, _ = ev(x_next, s_next, i)
+                d2 = (x_next - denoised2) / s_next
+                x_next = x + (s_next - s) * 0.5 * (d + d2)
+            x = x_next
+            if rows is not None:
+                rows.append({"step": i, "sigma": s, "sigma_next": s_next, "nfe": ev.nfe - nfe0, "guided": guided,
+                             "x_in": x_in, "x": x, "denoised": denoised})
     return SampleResult(x, ev.nfe, torch.as_tensor(sig), rows, list(guidance.trace) if guidance else [])
 
 
@@ -155,24 +160,25 @@ def sample_ddim(
     sigma_up * z``. Song, Meng, Ermon, *Denoising Diffusion Implicit Models*, ICLR 2021,
     https://arxiv.org/abs/2010.02502; Ho, Jain, Abbeel, *Denoising Diffusion Probabilistic Models*, 2020.
     """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
-    x, sig, label = _prepare(x, sigmas, label)
+    eta = checks.number(eta, "eta", low=0, high=1)
+    check_generator(generator)
+    x, sig, label = _prepare(denoiser, x, sigmas, label)
     ev = _Evaluator(denoiser, label, guidance, x.shape[0])
     rows: list[dict[str, Any]] | None = [] if trace else None
-    for i, (s, s_next) in enumerate(zip(sig[:-1], sig[1:], strict=True)):
-        nfe0, x_in = ev.nfe, x
-        if s == 0:
-            raise ValueError("sigmas must be > 0 except for the last one")
-        denoised, guided = ev(x, s, i)
-        up = eta * s_next * max(0.0, 1 - s_next**2 / s**2) ** 0.5
-        down = max(0.0, s_next**2 - up**2) ** 0.5
-        x = denoised + (down / s) * (x - denoised)
-        if up > 0:
-            x = x + up * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        if rows is not None:
-            rows.append({"step": i, "sigma": s, "sigma_next": s_next, "nfe": ev.nfe - nfe0, "guided": guided,
-                         "x_in": x_in, "x": x, "denoised": denoised})
+    with ev.evaluating():
+        for i, (s, s_next) in enumerate(zip(sig[:-1], sig[1:], strict=True)):
+            nfe0, x_in = ev.nfe, x
+            if s == 0:
+                raise ValueError("sigmas must be > 0 except for the last one")
+            denoised, guided = ev(x, s, i)
+            up = eta * s_next * max(0.0, 1 - s_next**2 / s**2) ** 0.5
+            down = max(0.0, s_next**2 - up**2) ** 0.5
+            x = denoised + (down / s) * (x - denoised)
+            if up > 0:
+                x = x + up * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            if rows is not None:
+                rows.append({"step": i, "sigma": s, "sigma_next": s_next, "nfe": ev.nfe - nfe0, "guided": guided,
+                             "x_in": x_in, "x": x, "denoised": denoised})
     return SampleResult(x, ev.nfe, torch.as_tensor(sig), rows, list(guidance.trace) if guidance else [])
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from labkit import checks
 
 
 def karras_sigmas(
@@ -23,12 +23,14 @@ def karras_sigmas(
     Karras, Aittala, Aila, Laine, *Elucidating the Design Space of Diffusion-Based Generative Models*,
     NeurIPS 2022, https://arxiv.org/abs/2206.00364.
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not (0 < sigma_min < sigma_max) or not math.isfinite(sigma_max):
+    checks.positive_int(steps, "steps")
+    sigma_min = checks.number(sigma_min, "sigma_min", low=0, low_open=True)
+    sigma_max = checks.number(sigma_max, "sigma_max", low=0, low_open=True)
+    if not sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    if rho <= 0:
-        raise ValueError(f"rho must be positive, got {rho}")
+    rho = checks.number(rho, "rho", low=0, low_open=True)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if steps == 1:
         sig = torch.tensor([sigma_max], dtype=torch.float64)
     else:
@@ -42,7 +44,14 @@ def karras_sigmas(
 
 def check_sigmas(sigmas: torch.Tensor | list[float]) -> torch.Tensor:
     """Validate a sampling schedule: 1-D, at least two levels, finite, >= 0, strictly decreasing."""
+    if isinstance(sigmas, torch.Tensor):
+        checks.tensor(sigmas, "sigmas", finite=False)
+    elif not isinstance(sigmas, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in sigmas):
+        raise TypeError(f"sigmas must be a 1-D tensor or a list of numbers, got {type(sigmas).__name__}")
     s = torch.as_tensor(sigmas)
+    if s.dtype == torch.bool or s.is_complex():
+        raise TypeError(f"sigmas must hold real numbers, got dtype {s.dtype}")
     if s.ndim != 1 or s.numel() < 2:
         raise ValueError(f"sigmas must be a 1-D tensor with at least two noise levels, got shape {tuple(s.shape)}")
     if not torch.isfinite(s).all() or (s < 0).any():
