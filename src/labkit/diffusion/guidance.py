@@ -30,6 +30,10 @@ def cfg(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     https://arxiv.org/abs/2207.12598, with their ``1 + w`` written as ``w``): ``w = 1`` is conditional."""
     w = checks.number(w, "w")
     _pair(cond, uncond, ("cond", "uncond"))
+    return _cfg(cond, uncond, w)
+
+
+def _cfg(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:  # the policies' checked-once path
     return uncond + w * (cond - uncond)
 
 
@@ -46,6 +50,10 @@ def cfg_rescale(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.T
     prediction to the per-sample standard deviation of the conditional one, then mix with weight ``phi``."""
     phi = checks.number(phi, "phi", low=0, high=1)
     _pair(guided, cond, ("guided", "cond"), min_ndim=2)  # a batch (N, ...): per-sample statistics
+    return _rescale(guided, cond, phi)
+
+
+def _rescale(guided: torch.Tensor, cond: torch.Tensor, phi: float) -> torch.Tensor:
     dims = tuple(range(1, guided.ndim))
     ratio = cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True).clamp_min(1e-12)
     return phi * guided * ratio + (1 - phi) * guided
@@ -137,9 +145,9 @@ class CFG(GuidancePolicy):
         if self.w == 1.0:
             return GuidanceOutput(denoiser(x, sigma, label), 1, False)
         cond, uncond = denoiser(x, sigma, label), denoiser(x, sigma)
-        out = cfg(cond, uncond, self.w)
+        out = _cfg(cond, uncond, self.w)  # the sampler checks the guided output
         if self.rescale > 0:
-            out = cfg_rescale(out, cond, self.rescale)
+            out = _rescale(out, cond, self.rescale)
         return GuidanceOutput(out, 2, True)
 
     def __repr__(self) -> str:
@@ -247,7 +255,7 @@ class AdaptiveGuidance(GuidancePolicy):
         if self.switched_at is not None:
             return GuidanceOutput(denoiser(x, sigma, label), 1, False)
         cond, uncond = denoiser(x, sigma, label), denoiser(x, sigma)
-        guided = cfg(cond, uncond, self.w)
+        guided = _cfg(cond, uncond, self.w)
         s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         cos = float(cosine((x - cond) / s, (x - guided) / s).mean())
         if step >= self.warmup:

@@ -254,9 +254,10 @@ class GaussianMixture:
         lab = labels_for(label, n, num_classes=self.num_classes, of="mixture", device=self.device)
         return lab[:, None] == self.labels[None, :]
 
-    def _terms(self, x: torch.Tensor, sigma: float | torch.Tensor, label: Label, *, allow_zero: bool = True):
-        """Per-component log joint (N, K) and whitened residuals for the score."""
-        x = self._check_x(x)
+    def _terms(self, x: torch.Tensor, sigma: float | torch.Tensor, label: Label, *, allow_zero: bool = True,
+               checked: bool = False):
+        """Per-component log joint (N, K) and whitened residuals for the score (``checked``: x already is)."""
+        x = x if checked else self._check_x(x)
         n = x.shape[0]
         s = as_sigma(sigma, n, like=x, allow_zero=allow_zero)
         if n > 1 and bool((s == s[0]).all()):  # one noise level (the samplers' case): per-component work once
@@ -305,7 +306,10 @@ class GaussianMixture:
 
     def score(self, x: torch.Tensor, sigma: float | torch.Tensor, *, label: Label = None) -> torch.Tensor:
         """grad_x log p_sigma(x [| y]) (N, D), exactly."""
-        x, log_joint, z, lam = self._terms(x, sigma, label)
+        return self._score(self._check_x(x), sigma, label)
+
+    def _score(self, x: torch.Tensor, sigma: float | torch.Tensor, label: Label) -> torch.Tensor:
+        x, log_joint, z, lam = self._terms(x, sigma, label, checked=True)
         resp = torch.softmax(log_joint, dim=1)  # (N, K)
         if z is None:  # isotropic: -sum_k r_k (x - mu_k) / lam_k
             rl = resp / lam
@@ -323,7 +327,7 @@ class GaussianMixture:
         """
         x = self._check_x(x)
         s = as_sigma(sigma, x.shape[0], like=x, allow_zero=False)
-        return x + s[:, None] ** 2 * self.score(x, s, label=label)
+        return x + s[:, None] ** 2 * self._score(x, s, label)
 
     __call__ = denoise
 
