@@ -27,13 +27,30 @@ from labkit.autograd import Batch, as_batches
 _SHAPE_WORDS = ("shape", "size", "dimension", "dim ", "channel", "dtype", "expected", "mat1")
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether a tensor holds no NaN/inf. A sum holding NaN or inf is not finite, so one reduction decides the
+    common case (about 10x cheaper than ``isfinite(t).all()`` on the digits); a finite tensor whose sum
+    overflows is re-checked element by element."""
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return True
+    return math.isfinite(abs(t.sum().item())) or bool(torch.isfinite(t).all())
+
+
+def finite_tensor(x: Any, name: str) -> torch.Tensor:
+    """:func:`labkit.checks.tensor` (a tensor, not on ``meta``) with the cheap finiteness test of :func:`all_finite`."""
+    checks.tensor(x, name, finite=False)
+    if not all_finite(x):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
 def batches(data: Any, model: Any, name: str = "data") -> list[Batch]:
     """``as_batches(data)`` with every tensor checked: real device, finite, inputs in ``model``'s dtype."""
     out = as_batches(data, name)
     for i, (x, y) in enumerate(out):
         where = name if len(out) == 1 else f"{name} batch {i}"
-        checks.tensor(x, f"{where} inputs")
-        checks.tensor(y, f"{where} targets")
+        finite_tensor(x, f"{where} inputs")
+        finite_tensor(y, f"{where} targets")
         checks.same_dtype_as_model(x, model, f"{where} inputs")
     return out
 
@@ -49,20 +66,19 @@ def flat_vector(v: Any, numel: int, name: str = "v") -> torch.Tensor:
         raise ValueError(f"{name} must be a flat vector of length {numel} (op.numel), got shape {tuple(v.shape)}")
     if v.device.type == "meta":
         raise ValueError(f"{name} is on the 'meta' device (shapes only, no values): move it to 'cpu' or 'cuda'")
-    # the sum of a vector holding NaN or inf is not finite; a finite vector whose sum overflows is re-checked
-    if not math.isfinite(v.sum().item()) and not bool(torch.isfinite(v).all()):
+    if not all_finite(v):
         raise ValueError(f"{name} contains NaN or infinite values")
     return v
 
 
 def finite_params(model: nn.Module, params: Sequence[torch.Tensor], name: str = "model") -> None:
     """Refuse parameters holding NaN/inf (every product, eigenvalue or surface would be NaN)."""
-    names = {id(p): n for n, p in model.named_parameters()}
     for p in params:
-        if p.device.type == "meta":
-            raise ValueError(f"{name}'s parameter {names.get(id(p), '?')!r} is on the 'meta' device (no values)")
-        if not bool(torch.isfinite(p).all()):
-            raise ValueError(f"{name}'s parameter {names.get(id(p), '?')!r} contains NaN or infinite values")
+        if p.device.type == "meta" or not all_finite(p.detach()):
+            label = next((n for n, q in model.named_parameters() if q is p), "?")
+            meta = p.device.type == "meta"
+            what = "is on the 'meta' device (no values)" if meta else "contains NaN or infinite values"
+            raise ValueError(f"{name}'s parameter {label!r} {what}")
 
 
 def buffer_copies(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -91,4 +107,4 @@ def run_model(model: nn.Module, x: torch.Tensor, *, name: str = "data", tensors:
                          f"{text.splitlines()[0] if text else type(exc).__name__}") from exc
 
 
-__all__ = ["batches", "buffer_copies", "finite_params", "flat_vector", "run_model"]
+__all__ = ["all_finite", "batches", "buffer_copies", "finite_params", "finite_tensor", "flat_vector", "run_model"]
