@@ -17,16 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit import checks
 from labkit.attributions._common import (
+    check_callable,
     check_generator,
-    check_input,
+    check_image_input,
     check_nonneg_float,
     check_positive_int,
     check_target,
+    evaluating,
+    finite_result,
     target_score,
 )
 from labkit.attributions.gradients import noise_scale
-from labkit.autograd import randn, train_mode
+from labkit.autograd import randn
 
 GRADCAM_PP_DERIVATIVES = ("closed_form", "exact")
 
@@ -74,16 +78,16 @@ class LayerGrad(NamedTuple):
     scores: torch.Tensor
 
 
-def layer_activation_and_grad(
-    model: nn.Module, x: torch.Tensor, target: int | torch.Tensor, *, layer: nn.Module
-) -> LayerGrad:
-    """Activations ``A`` (N, K, h, w) of ``layer``, the gradient dS/dA of the summed target score and
-    the (N,) scores, as a :class:`LayerGrad`. Only ``A`` is differentiated, so parameter gradients are
-    never formed or stored."""
-    x = check_input(x)
+def _checked(model: object, x: object, target: object, layer: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entry checks of every map: a module and one of its layers, an image batch, class indices."""
     _check_layer(model, layer)
-    t = check_target(target, x.shape[0], x.device)
-    with train_mode(model, False), torch.enable_grad():
+    x = check_image_input(model, x)
+    return x, check_target(target, x.shape[0], x.device)
+
+
+def _act_grad(model: nn.Module, x: torch.Tensor, t: torch.Tensor, layer: nn.Module) -> LayerGrad:
+    """:func:`layer_activation_and_grad` on checked arguments, inside :func:`evaluating`."""
+    with torch.enable_grad():
         xr = x.detach().requires_grad_(True)  # keeps a graph even when parameters are frozen
         with _capture(layer) as store:
             score = target_score(model, xr, t)
@@ -94,7 +98,28 @@ def layer_activation_and_grad(
     return LayerGrad(a.detach(), g, score.detach())
 
 
-def _finish(cam: torch.Tensor, x: torch.Tensor, relu: bool, upsample: bool) -> torch.Tensor:
+def layer_activation_and_grad(
+    model: nn.Module, x: torch.Tensor, target: int | torch.Tensor, *, layer: nn.Module
+) -> LayerGrad:
+    """Activations ``A`` (N, K, h, w) of ``layer``, the gradient dS/dA of the summed target score and
+    the (N,) scores, as a :class:`LayerGrad`. Only ``A`` is differentiated, so parameter gradients are
+    never formed or stored. ``x`` is an image batch (N, C, H, W) of the model's dtype."""
+    x, t = _checked(model, x, target, layer)
+    with evaluating(model):
+        out = _act_grad(model, x, t, layer)
+    for part, value in zip(out._fields, out, strict=True):
+        finite_result(value, part)
+    return out
+
+
+def _flags(relu: object, upsample: object) -> None:
+    for name, value in (("relu", relu), ("upsample", upsample)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _finish(cam: torch.Tensor, x: torch.Tensor, relu: bool, upsample: bool, context: str = "") -> torch.Tensor:
+    finite_result(cam, "maps", context=context)
     if relu:
         cam = F.relu(cam)
     if upsample and x.ndim == 4 and cam.shape[-2:] != x.shape[-2:]:
@@ -115,6 +140,7 @@ def grad_cam(
 ) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al., 2017, https://arxiv.org/abs/1610.02391):
     ``relu(sum_k w_k A_k)`` with ``w_k`` the spatial mean of dS/dA_k."""
+    _flags(relu, upsample)
     a, g, _ = layer_activation_and_grad(model, x, target, layer=layer)
     w = g.mean(dim=(2, 3), keepdim=True)
     return _finish((w * a).sum(1), x, relu, upsample)
@@ -162,12 +188,10 @@ def _score_diag_derivatives(
 def _exact_pp_terms(
     model: nn.Module, x: torch.Tensor, target: int | torch.Tensor, layer: nn.Module, vmap_chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    x = check_input(x)
-    _check_layer(model, layer)
-    t = check_target(target, x.shape[0], x.device)
+    x, t = _checked(model, x, target, layer)
     n = x.shape[0]
     a_list, d1s, d2s, d3s = [], [], [], []
-    with train_mode(model, False):
+    with evaluating(model):
         for i in range(n):  # one example at a time keeps the directional derivatives separate
             xi, ti = x[i : i + 1].detach(), t[i : i + 1]
             with torch.no_grad(), _capture(layer) as store:
@@ -206,13 +230,13 @@ def grad_cam_pp(
     derivatives of the actual score computed by forward-mode autodiff (costly: one nested JVP per
     activation entry, per example). Both agree when everything after ``layer`` is piecewise linear.
     """
-    if derivatives not in GRADCAM_PP_DERIVATIVES:
-        raise ValueError(f"derivatives must be one of {GRADCAM_PP_DERIVATIVES}, got {derivatives!r}")
+    checks.choice(derivatives, "derivatives", GRADCAM_PP_DERIVATIVES)
+    check_positive_int(vmap_chunk, "vmap_chunk")
+    _flags(relu, upsample)
     if derivatives == "closed_form":
         a, g, _ = layer_activation_and_grad(model, x, target, layer=layer)
         d1, d2, d3 = g, g.pow(2), g.pow(3)
     else:
-        check_positive_int(vmap_chunk, "vmap_chunk")
         a, s1, s2, s3 = _exact_pp_terms(model, x, target, layer, vmap_chunk)
         d1, d2, d3 = s1, s1.pow(2) + s2, s1.pow(3) + 3 * s1 * s2 + s3
     alpha = _pp_alpha(a, d1, d2, d3)
@@ -238,25 +262,28 @@ def smooth_grad_cam_pp(
     noisy inputs ``x + N(0, sigma_i^2)``, ``sigma_i = noise * (max(x_i) - min(x_i))``; the weights are
     applied to the clean input's activations. Noise draws are one ``randn(x.shape)`` per sample.
     """
-    x = check_input(x)
+    x, t = _checked(model, x, target, layer)
     samples = check_positive_int(samples, "samples")
     noise = check_nonneg_float(noise, "noise")
     gen = check_generator(generator, x.device)
-    a, _, _ = layer_activation_and_grad(model, x, target, layer=layer)
+    _flags(relu, upsample)
+    x = x.detach()
     sigma = noise_scale(x, noise)
-    d1 = torch.zeros_like(a)
-    d2 = torch.zeros_like(a)
-    d3 = torch.zeros_like(a)
-    for _ in range(samples):
-        eps = randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        _, g, _ = layer_activation_and_grad(model, x.detach() + sigma * eps, target, layer=layer)
-        d1 += g
-        d2 += g.pow(2)
-        d3 += g.pow(3)
+    with evaluating(model):
+        a = _act_grad(model, x, t, layer).activations
+        d1 = torch.zeros_like(a)
+        d2 = torch.zeros_like(a)
+        d3 = torch.zeros_like(a)
+        for _ in range(samples):
+            eps = randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+            g = _act_grad(model, x + sigma * eps, t, layer).gradient
+            d1 += g
+            d2 += g.pow(2)
+            d3 += g.pow(3)
     d1, d2, d3 = d1 / samples, d2 / samples, d3 / samples
     alpha = _pp_alpha(a, d1, d2, d3)
     w = (alpha * F.relu(d1)).sum(dim=(2, 3), keepdim=True)
-    return _finish((w * a).sum(1), x, relu, upsample)
+    return _finish((w * a).sum(1), x, relu, upsample, f" at x plus noise (noise={noise})")
 
 
 def xgrad_cam(
@@ -270,6 +297,7 @@ def xgrad_cam(
 ) -> torch.Tensor:
     """XGrad-CAM (Fu et al., 2020, *Axiom-based Grad-CAM*, https://arxiv.org/abs/2008.02312):
     ``w_k = sum_ij (A_kij / sum_ab A_kab) dS/dA_kij`` (zero where ``sum_ab A_kab = 0``)."""
+    _flags(relu, upsample)
     a, g, _ = layer_activation_and_grad(model, x, target, layer=layer)
     mass = a.sum(dim=(2, 3), keepdim=True)
     safe = torch.where(mass != 0, mass, torch.ones_like(mass))
@@ -288,6 +316,7 @@ def norm_grad(
     """NormGrad (Rebuffi et al., 2020, *There and Back Again*, https://arxiv.org/abs/2004.02866),
     single-layer "virtual identity" form: at each location the Frobenius norm of the outer product of
     the activation and gradient vectors, ``||A_:ij|| * ||dS/dA_:ij||`` (non-negative)."""
+    _flags(False, upsample)
     a, g, _ = layer_activation_and_grad(model, x, target, layer=layer)
     return _finish(a.norm(dim=1) * g.norm(dim=1), x, False, upsample)
 
@@ -302,8 +331,14 @@ def conservation_error(
 ) -> torch.Tensor:
     """XGrad-CAM's conservation axiom residual ``|S - sum_ij L_ij| / |S|`` per example, with ``L`` the
     method's map before the ReLU at layer resolution (``method`` is grad_cam or xgrad_cam)."""
-    cam = method(model, x, target, layer=layer, relu=False, upsample=False)
-    with torch.no_grad(), train_mode(model, False):
-        t = check_target(target, x.shape[0], x.device)
+    x, t = _checked(model, x, target, layer)
+    check_callable(method, "method", (model, x, t), {"layer": layer, "relu": False, "upsample": False},
+                   "method(model, x, target, *, layer, relu, upsample) such as grad_cam or xgrad_cam")
+    cam = method(model, x, t, layer=layer, relu=False, upsample=False)
+    if not isinstance(cam, torch.Tensor) or cam.ndim != 3 or cam.shape[0] != x.shape[0]:
+        shape = tuple(cam.shape) if isinstance(cam, torch.Tensor) else type(cam).__name__
+        raise ValueError(f"method must return maps of shape (N, h, w) with N={x.shape[0]}, got {shape}")
+    with torch.no_grad(), evaluating(model):
         s = target_score(model, x, t)
-    return (s - cam.sum(dim=(1, 2))).abs() / s.abs().clamp_min(1e-12)
+    return finite_result((s - cam.sum(dim=(1, 2))).abs() / s.abs().clamp_min(1e-12), "scores",
+                         source="model or method")

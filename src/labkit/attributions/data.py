@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from labkit import checks
 from labkit.data.core import Split, digits
+
+
+def _check_dtype(dtype: object) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    return dtype
 
 
 @dataclass
@@ -27,6 +34,7 @@ class BlockDigits(Split):
 
 def null_patch(value: float = 1.0) -> torch.Tensor:
     """The fixed non-discriminative 8x8 patch: a hollow square (the same for every image and class)."""
+    value = checks.number(value, "value", low=-torch.finfo(torch.float32).max, high=torch.finfo(torch.float32).max)
     p = torch.zeros(8, 8)
     p[1:7, 1] = p[1:7, 6] = p[1, 1:7] = p[6, 1:7] = value
     return p
@@ -57,6 +65,10 @@ def block_digits(
     """BlockDigits: digits of ``classes`` (relabelled 0..k-1) in the top or bottom 8x8 block of a 16x8
     image, a fixed hollow-square patch in the other block. The block is drawn per image from ``seed``.
     Pixels in [0, 1]; ``train_mask``/``test_mask`` mark the digit block."""
+    checks.integer(seed, "seed", low=0)
+    test_fraction = checks.number(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True)
+    patch_value = checks.number(patch_value, "patch_value")
+    _check_dtype(dtype)
     base = digits(test_fraction=test_fraction, seed=seed, image=True, classes=list(classes), dtype=dtype)
     rng = np.random.default_rng(seed)
     patch = null_patch(patch_value)
@@ -98,8 +110,10 @@ def two_digit_canvas(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    checks.positive_int(n, "n")
+    checks.integer(seed, "seed", low=0)
+    checks.integer(data_seed, "data_seed", low=0)
+    _check_dtype(dtype)
     base = digits(seed=data_seed, image=True, dtype=dtype)
     x, y = (base.train_x, base.train_y) if split == "train" else (base.test_x, base.test_y)
     rng = np.random.default_rng(seed)

@@ -15,12 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labkit.attributions._common import check_input, check_nonneg_float, check_positive_int
+from labkit import checks
+from labkit.attributions._common import (
+    check_callable,
+    check_input,
+    check_model_input,
+    check_nonneg_float,
+    check_positive_int,
+    evaluating,
+    forward,
+)
 from labkit.attributions.data import Canvas
 from labkit.attributions.gradients import saliency
 from labkit.attributions.metrics import roar
 from labkit.attributions.robust import pgd_perturb
-from labkit.autograd import check_module, train_mode
+from labkit.autograd import check_module
 from labkit.data import Split, digits
 from labkit.models import cnn, mlp
 from labkit.training import LossFn, cross_entropy, fit, fit_loss
@@ -54,8 +63,8 @@ def fit_classifier(
     """Train ``model`` on ``(x, y)`` with Adam for ``steps`` mini-batch steps (``labkit.training.fit``,
     batches drawn from ``seed``) and return it in eval mode. ``loss(model, (x, y))`` defaults to cross-entropy."""
     check_module(model)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    lr = checks.number(lr, "lr", low=0.0, low_open=True)
+    check_model_input(model, x)
     if not callable(loss):
         raise TypeError(f"loss must be a callable loss(model, (x, y)), got {type(loss).__name__}")
     fit(model, loss, (x, y), optimizer=torch.optim.Adam(model.parameters(), lr=lr), steps=steps,
@@ -108,9 +117,19 @@ def train_mlp(
     if x.ndim != 2:
         raise ValueError(f"x must be flat (N, D) for an MLP, got shape {tuple(x.shape)}")
     classes = check_positive_int(classes, "classes")
+    hidden = _widths(hidden, "hidden", allow_empty=True)
     model = mlp(x.shape[1], list(hidden), classes).to(x.device)
     return fit_classifier(model, x, y, steps=steps, lr=lr, batch_size=batch_size, loss=loss, seed=seed,
                           progress=False)
+
+
+def _widths(widths: object, name: str, *, allow_empty: bool = False) -> list[int]:
+    """A sequence of positive ints (layer widths or channel counts)."""
+    if isinstance(widths, (str, torch.Tensor)) or not isinstance(widths, Sequence):
+        raise TypeError(f"{name} must be a sequence of positive ints, got {type(widths).__name__}")
+    if not widths and not allow_empty:
+        raise ValueError(f"{name} must hold at least one width")
+    return [check_positive_int(w, f"{name}[{i}]") for i, w in enumerate(widths)]
 
 
 def adversarial_loss(*, eps: float, steps: int) -> LossFn:
@@ -140,10 +159,11 @@ def explainer(
     call draws its noise from a fresh generator: the same draws at every input, so a change of the map
     measures the input's change, not a new Monte-Carlo sample (Yeh et al., 2019 smooth with fixed draws too).
     """
-    if not callable(method):
-        raise TypeError(f"method must be an attribution function like saliency, got {type(method).__name__}")
     if generator is not None and not callable(generator):
         raise TypeError(f"generator must be a zero-argument factory of torch.Generator, got {type(generator).__name__}")
+    extra = {} if generator is None else {"generator": None}
+    check_callable(method, "method", (model, None, None), {**options, **extra},
+                   "method(model, x, target, **options) such as saliency or smoothgrad")
 
     def explain(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if generator is None:
@@ -159,6 +179,8 @@ def own_digit_rate(method: Callable[..., torch.Tensor], model: nn.Module, canvas
     class-blind map scores 0.5). ``method(model, x, target, layer=layer)`` is a CAM like ``grad_cam``."""
     if not isinstance(canvas, Canvas):
         raise TypeError(f"canvas must be a labkit.attributions.data.Canvas, got {type(canvas).__name__}")
+    check_callable(method, "method", (model, canvas.images, canvas.labels[:, 0]), {"layer": layer},
+                   "method(model, x, target, *, layer) returning maps (N, H, W), such as grad_cam")
     hits = []
     for j in (0, 1):
         cam = method(model, canvas.images, canvas.labels[:, j], layer=layer)
@@ -198,10 +220,13 @@ def diffroar(
     train and test images, retrain with ``train(x, y)`` (:func:`labkit.attributions.roar`), compare test
     accuracies. The predicted class, not the label: a label-dependent mask would leak the label."""
     check_module(model)
-    if not callable(train):
-        raise TypeError("train must be a callable train(x, y) -> model")
-    with torch.no_grad(), train_mode(model, False):
-        pred_train, pred_test = model(train_x).argmax(1), model(test_x).argmax(1)
+    train_x = check_model_input(model, train_x, "train_x")
+    test_x = check_model_input(model, test_x, "test_x")
+    check_callable(train, "train", (train_x, train_y), {}, "train(x, y) returning a fitted model")
+    check_callable(explain, "explain", (model, train_x, train_y), {},
+                   "explain(model, x, target) returning attributions shaped like x, such as saliency")
+    with torch.no_grad(), evaluating(model):
+        pred_train, pred_test = forward(model, train_x, "train_x").argmax(1), forward(model, test_x, "test_x").argmax(1)
     attr_train = explain(model, train_x, pred_train).abs()
     attr_test = explain(model, test_x, pred_test).abs()
     acc = {order: roar(train, train_x, train_y, test_x, test_y, attr_train, attr_test, fractions=fractions,

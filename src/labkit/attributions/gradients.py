@@ -16,20 +16,24 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from labkit import checks
 from labkit.attributions._common import (
     PointGrads,
     check_generator,
     check_input,
-    check_model,
+    check_model_input,
     check_nonneg_float,
+    check_number_or_tensor,
     check_positive_int,
     check_target,
     chunks,
+    evaluating,
+    finite_result,
     input_grad,
     resolve_chunk,
     target_score,
 )
-from labkit.autograd import randn, train_mode
+from labkit.autograd import randn
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,24 +47,33 @@ def saliency(model: Model, x: torch.Tensor, target: int | torch.Tensor, *, abs: 
 
     Signed by default; ``abs=True`` gives the paper's |gradient| (Captum's default).
     """
-    check_model(model)
-    x = check_input(x)
+    x = check_model_input(model, x)
     t = check_target(target, x.shape[0], x.device)
-    with train_mode(model, False):
+    if not isinstance(abs, bool):
+        raise TypeError(f"abs must be a bool, got {type(abs).__name__}")
+    with evaluating(model):
         g, _ = input_grad(model, x, t)
+    finite_result(g, "gradients")
     return g.abs() if abs else g
 
 
 def input_x_gradient(model: Model, x: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
     """Input times gradient (Shrikumar et al., 2016, https://arxiv.org/abs/1605.01713)."""
-    return x.detach() * saliency(model, x, target)
+    g = saliency(model, x, target)  # checks x
+    return x.detach() * g
 
 
 def noise_scale(x: torch.Tensor, noise: float) -> torch.Tensor:
-    """Per-example noise std ``noise * (max(x_i) - min(x_i))``, shaped (N, 1, ..., 1) for broadcasting."""
+    """Per-example noise std ``noise * (max(x_i) - min(x_i))``, shaped (N, 1, ..., 1) for broadcasting.
+    ``noise`` is a finite number >= 0; ``x`` a finite floating batch (N, ...)."""
+    x = check_input(x)
+    noise = check_nonneg_float(noise, "noise")
     flat = x.detach().reshape(x.shape[0], -1)
     spread = flat.max(dim=1).values - flat.min(dim=1).values
-    return (noise * spread).reshape(-1, *([1] * (x.ndim - 1)))
+    sigma = noise * spread
+    if not bool(torch.isfinite(sigma).all()):
+        raise ValueError(f"noise * (max(x_i) - min(x_i)) overflows {x.dtype}: rescale x or lower noise")
+    return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
 def smoothgrad(
@@ -81,15 +94,15 @@ def smoothgrad(
     input's range. ``kind``: ``"mean"`` (SmoothGrad), ``"square"`` (mean of squared gradients,
     SmoothGrad^2 of Hooker et al. 2019) or ``"var"`` (VarGrad, Adebayo et al. 2018: population variance).
     Noise for sample ``s`` is drawn as one ``randn`` of shape ``x.shape`` from ``generator`` in order
-    s = 0, 1, ..., so results do not depend on ``chunk_size``.
+    s = 0, 1, ..., so every ``chunk_size`` uses the same noise and gives the same result up to float
+    rounding (the gradients are summed in another grouping: ``"auto"`` and ``1`` may differ in the last
+    bits of float32).
     """
-    check_model(model)
-    x = check_input(x)
+    x = check_model_input(model, x)
     t = check_target(target, x.shape[0], x.device)
     samples = check_positive_int(samples, "samples")
     noise = check_nonneg_float(noise, "noise")
-    if kind not in SMOOTHGRAD_KINDS:
-        raise ValueError(f"kind must be one of {SMOOTHGRAD_KINDS}, got {kind!r}")
+    checks.choice(kind, "kind", SMOOTHGRAD_KINDS)
     gen = check_generator(generator, x.device)
     n = x.shape[0]
     rows = resolve_chunk(chunk_size, x[0].numel())
@@ -98,7 +111,7 @@ def smoothgrad(
     total = torch.zeros_like(x)
     total_sq = torch.zeros_like(x) if kind != "mean" else None
     grad = PointGrads(model, x)
-    with train_mode(model, False):
+    with evaluating(model):
         for p0, p1, e0, e1 in chunks(samples, n, rows):
             if e0 == 0 or p1 - p0 > 1:
                 # one draw of the full batch per sample index, in order (chunk-size independent)
@@ -117,8 +130,8 @@ def smoothgrad(
                 total_sq[e0:e1] += g.square().sum(0)
     mean = total / samples
     if kind == "mean":
-        return mean
-    mean_sq = total_sq / samples
+        return finite_result(mean, "gradients", context=f" at x plus noise (noise={noise})")
+    mean_sq = finite_result(total_sq / samples, "gradients", context=f" at x plus noise (noise={noise})")
     if kind == "square":
         return mean_sq
     return (mean_sq - mean.square()).clamp_min(0.0)
@@ -148,8 +161,9 @@ def ig_points(steps: int, rule: str, *, dtype: torch.dtype = torch.float64) -> Q
     trapezoid uses ``steps`` equally spaced points including both ends (Captum's conventions).
     """
     steps = check_positive_int(steps, "steps")
-    if rule not in IG_RULES:
-        raise ValueError(f"rule must be one of {IG_RULES}, got {rule!r}")
+    checks.choice(rule, "rule", IG_RULES)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
         return Quadrature(torch.tensor(0.5 * (nodes + 1), dtype=dtype), torch.tensor(0.5 * weights, dtype=dtype))
@@ -172,17 +186,7 @@ def ig_points(steps: int, rule: str, *, dtype: torch.dtype = torch.float64) -> Q
 def _baseline(baseline: float | torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     if baseline is None:
         return torch.zeros_like(x)
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(x, float(baseline))
-    if not isinstance(baseline, torch.Tensor):
-        raise TypeError(f"baseline must be None, a number or a tensor, got {type(baseline).__name__}")
-    if baseline.shape not in (x.shape, x.shape[1:], ()):
-        raise ValueError(
-            f"baseline must have shape {tuple(x.shape)} or {tuple(x.shape[1:])}, got {tuple(baseline.shape)}"
-        )
-    b = baseline.detach().to(device=x.device, dtype=x.dtype).expand_as(x)
-    check_input(b.reshape(x.shape), "baseline")
-    return b
+    return check_number_or_tensor(baseline, x, "baseline")
 
 
 def _integrated_gradients(
@@ -195,8 +199,7 @@ def _integrated_gradients(
     chunk_size: int | str,
     with_delta: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    check_model(model)
-    x = check_input(x)
+    x = check_model_input(model, x)
     t = check_target(target, x.shape[0], x.device)
     alphas, weights = ig_points(steps, rule)
     alphas, weights = alphas.to(x.device, x.dtype), weights.to(x.device, x.dtype)
@@ -208,18 +211,19 @@ def _integrated_gradients(
     total = torch.zeros_like(x)
     view = (-1,) + (1,) * x.ndim
     grad = PointGrads(model, x)
-    with train_mode(model, False):
+    with evaluating(model):
         for p0, p1, e0, e1 in chunks(len(alphas), n, rows):
             k = p1 - p0
             pts = b[e0:e1].unsqueeze(0) + alphas[p0:p1].reshape(view) * diff[e0:e1].unsqueeze(0)
             g = grad(pts.reshape(k * (e1 - e0), *x.shape[1:]), t[e0:e1].repeat(k))
             total[e0:e1] += (g.reshape(k, e1 - e0, *x.shape[1:]) * weights[p0:p1].reshape(view)).sum(0)
-        attr = diff * total
+        attr = finite_result(diff * total, context=" on the path from baseline to x")
         if not with_delta:
             return attr, None
         with torch.no_grad():
             ends = target_score(model, torch.cat([x, b]), t.repeat(2))
-    return attr, attr.reshape(n, -1).sum(1) - (ends[:n] - ends[n:])
+    return attr, finite_result(attr.reshape(n, -1).sum(1) - (ends[:n] - ends[n:]), "scores",
+                               context=" at x or baseline")
 
 
 def integrated_gradients(
@@ -242,6 +246,8 @@ def integrated_gradients(
     For the completeness gap use :func:`integrated_gradients_with_delta`. ``return_delta=True`` still
     works (deprecated): it returns that function's :class:`IGResult`, which unpacks as ``attr, delta``.
     """
+    if not isinstance(return_delta, bool):
+        raise TypeError(f"return_delta must be a bool, got {type(return_delta).__name__}")
     if return_delta:
         warnings.warn("integrated_gradients(..., return_delta=True) is deprecated: call "
                       "integrated_gradients_with_delta(...), which returns an IGResult (attributions, delta)",

@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from labkit.attributions._common import check_input, check_logits
-from labkit.autograd import train_mode
+from labkit import checks
+from labkit.attributions._common import check_callable, check_logits, check_model_input, evaluating, forward
 
 CORRELATIONS = ("spearman", "pearson")
 LayerMethod = Callable[..., torch.Tensor]
+_METHOD = "method(model, x, target, *, layer, ...) returning maps (N, H, W), a layer-based map such as grad_cam"
 
 
 def conv_blocks(model: nn.Module) -> dict[str, nn.Module]:
@@ -83,17 +84,15 @@ def layer_maps(
     submodules or a sequence of submodules (named by their module path, e.g. ``"3"``). Keep the default
     ``upsample=True`` to get maps of one shape that :func:`combine_layer_maps` can combine.
     """
-    if not callable(method):
-        raise TypeError(f"method must be a layer-based map function like grad_cam, got {type(method).__name__}")
     named = _named_layers(model, layers)
+    check_callable(method, "method", (model, x, target), {"layer": next(iter(named.values())), **kwargs},
+                   _METHOD)
     return {name: method(model, x, target, layer=layer, **kwargs) for name, layer in named.items()}
 
 
 def _check_maps(maps: object, name: str) -> torch.Tensor:
-    if not isinstance(maps, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
-    if not maps.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {maps.dtype}")
+    checks.tensor(maps, name, floating=True, finite=False)
+    assert isinstance(maps, torch.Tensor)
     if maps.ndim < 2 or maps.shape[0] == 0 or maps[0].numel() < 2:
         raise ValueError(f"{name} must have shape (N, ...) with N >= 1 and at least 2 values per map, "
                          f"got {tuple(maps.shape)}")
@@ -129,10 +128,8 @@ def map_correlation(
     a, b = _check_maps(a, "a"), _check_maps(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if kind not in CORRELATIONS:
-        raise ValueError(f"kind must be one of {CORRELATIONS}, got {kind!r}")
-    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:
-        raise ValueError(f"rtol must be a number in [0, 1), got {rtol!r}")
+    checks.choice(kind, "kind", CORRELATIONS)
+    rtol = checks.number(rtol, "rtol", low=0.0, high=1.0, high_open=True)
     fa, fb = a.flatten(1).double(), b.flatten(1).double()
     undefined = _constant(fa, rtol) | _constant(fb, rtol)
     if kind == "spearman":
@@ -161,13 +158,16 @@ def max_min_class_correlation(
     NaN where a map is constant (see :func:`map_correlation`; the paper's code drops these).
     ``kwargs`` go to ``method`` (e.g. ``relu=False`` for ``grad_cam``).
     """
-    if not callable(method):
-        raise TypeError(f"method must be a layer-based map function like grad_cam, got {type(method).__name__}")
-    x = check_input(x)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    with torch.no_grad(), train_mode(model, False):
-        logits = check_logits(model(x), x.shape[0], torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+    x = check_model_input(model, x)
+    checks.choice(kind, "kind", CORRELATIONS)
+    zeros = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    check_callable(method, "method", (model, x, zeros), {"layer": layer, **kwargs}, _METHOD)
+    with torch.no_grad(), evaluating(model):
+        logits = check_logits(forward(model, x), x.shape[0], zeros)
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("model gave NaN or infinite logits: check that its parameters are finite")
     top = logits.argmax(1)
     bottom = logits.argmin(1)
     maps_top = method(model, x, top, layer=layer, **kwargs)
@@ -222,8 +222,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     ``maps`` and ``masks`` are (N, H, W) (or any equal shapes (N, ...)); ``masks`` is non-zero on the object.
     """
     maps = _check_maps(maps, "maps")
-    if not isinstance(masks, torch.Tensor):
-        raise TypeError(f"masks must be a torch.Tensor, got {type(masks).__name__}")
+    checks.tensor(masks, "masks", finite=True)
     if masks.shape != maps.shape:
         raise ValueError(f"masks must have the maps' shape {tuple(maps.shape)}, got {tuple(masks.shape)}")
     flat = maps.flatten(1)

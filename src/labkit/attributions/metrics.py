@@ -8,32 +8,38 @@ from dataclasses import dataclass
 
 import torch
 
+from labkit import checks
 from labkit.attributions._common import (
+    check_callable,
     check_generator,
     check_input,
     check_logits,
+    check_model_input,
     check_nonneg_float,
+    check_number_or_tensor,
     check_positive_int,
     check_target,
     chunks,
+    evaluating,
+    finite_result,
+    forward,
     resolve_chunk,
     target_score,
 )
-from labkit.autograd import rand, randn, train_mode
+from labkit.autograd import rand, randn
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _check_attr(attributions: object, x: torch.Tensor) -> torch.Tensor:
-    if not isinstance(attributions, torch.Tensor):
-        raise TypeError(f"attributions must be a tensor, got {type(attributions).__name__}")
+def _check_attr(attributions: object, x: torch.Tensor, name: str = "attributions", x_name: str = "x") -> torch.Tensor:
+    checks.tensor(attributions, name, finite=False)
+    assert isinstance(attributions, torch.Tensor)
     if attributions.shape != x.shape:
-        raise ValueError(
-            f"attributions must be shaped like x {tuple(x.shape)}, got {tuple(attributions.shape)}"
-        )
-    if not torch.isfinite(attributions).all():
-        raise ValueError("attributions contain NaN or infinite values")
-    return attributions.detach().to(x.dtype)
+        raise ValueError(f"{name} must be shaped like {x_name} {tuple(x.shape)}, got {tuple(attributions.shape)}")
+    if attributions.dtype == torch.bool or attributions.is_complex():
+        raise TypeError(f"{name} must be a real tensor, got dtype {attributions.dtype}")
+    checks.tensor(attributions, name, finite=True)
+    return attributions.detach().to(device=x.device, dtype=x.dtype)
 
 
 def infidelity(
@@ -53,18 +59,19 @@ def infidelity(
     (absolute std). Perturbation ``s`` is one ``randn(x.shape)`` from ``generator``, drawn in order.
     ``normalize=True`` first rescales ``phi`` by the optimal ``beta`` (the paper's comparisons; Captum's
     ``normalize``)."""
-    x = check_input(x)
+    x = check_model_input(model, x)
     attr = _check_attr(attributions, x)
     t = check_target(target, x.shape[0], x.device)
     samples = check_positive_int(samples, "samples")
     noise = check_nonneg_float(noise, "noise")
+    _check_bool(normalize, "normalize")
     gen = check_generator(generator, x.device)
     n = x.shape[0]
     rows = resolve_chunk(chunk_size, x[0].numel())
     x = x.detach()
     a_dot = torch.zeros(samples, n, dtype=x.dtype, device=x.device)  # I . phi
     diffs = torch.zeros_like(a_dot)  # f(x) - f(x - I)
-    with torch.no_grad(), train_mode(model, False):
+    with torch.no_grad(), evaluating(model):
         fx = target_score(model, x, t)
         for p0, p1, e0, e1 in chunks(samples, n, rows):
             if e0 == 0:
@@ -84,7 +91,17 @@ def infidelity(
     if normalize:
         beta = (a_dot * diffs).sum(0) / (a_dot.square().sum(0)).clamp_min(torch.finfo(x.dtype).tiny)
         a_dot = beta * a_dot
-    return (a_dot - diffs).square().mean(0)
+    return finite_result((a_dot - diffs).square().mean(0), "scores",
+                         context=f" at x minus perturbations (noise={noise})")
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+_EXPLAIN = "explain(x, target) returning attributions shaped like x (e.g. labkit.attributions.experiments.explainer)"
 
 
 def max_sensitivity(
@@ -102,19 +119,24 @@ def max_sensitivity(
     ``explain(x, target)`` returns attributions shaped like ``x``; perturbation ``s`` is one
     ``rand(x.shape)`` from ``generator``. ``normalize=True`` divides by ``||explain(x)||`` (Captum's
     ``sensitivity_max`` does this always)."""
-    if not callable(explain):
-        raise TypeError(f"explain must be a callable explain(x, target), got {type(explain).__name__}")
     x = check_input(x)
     t = check_target(target, x.shape[0], x.device)
+    signature_checked = check_callable(explain, "explain", (x, t), {}, _EXPLAIN)
     samples = check_positive_int(samples, "samples")
     radius = check_nonneg_float(radius, "radius")
+    _check_bool(normalize, "normalize")
     gen = check_generator(generator, x.device)
     x = x.detach()
-    base = explain(x, t).detach()
-    if base.shape != x.shape:
-        raise ValueError(
-            f"explain(x, target) must return a tensor shaped like x {tuple(x.shape)}, got {tuple(base.shape)}"
-        )
+    try:  # without a signature to check, the first call is the probe, before any sample is drawn
+        base = explain(x, t)
+    except TypeError as err:
+        if signature_checked:
+            raise
+        raise TypeError(f"explain must be a callable {_EXPLAIN}; explain(x, target) raised: {err}") from err
+    if not isinstance(base, torch.Tensor) or base.shape != x.shape:
+        shape = tuple(base.shape) if isinstance(base, torch.Tensor) else type(base).__name__
+        raise ValueError(f"explain(x, target) must return a tensor shaped like x {tuple(x.shape)}, got {shape}")
+    base = finite_result(base.detach().to(x.dtype), "attributions", source="explain", context=" at x")
     n = x.shape[0]
     best = torch.zeros(n, dtype=x.dtype, device=x.device)
     for _ in range(samples):
@@ -124,7 +146,7 @@ def max_sensitivity(
     if normalize:
         scale = base.reshape(n, -1).norm(dim=1)
         best = best / torch.where(scale == 0, torch.ones_like(scale), scale)
-    return best
+    return finite_result(best, "attributions", source="explain", context=f" at x + d (radius={radius})")
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,9 @@ class Curve:
 def feature_order(attributions: torch.Tensor) -> torch.Tensor:
     """Indices of features (spatial positions for (N, C, H, W), summed over channels) from most to least
     attributed, shape (N, F)."""
+    checks.tensor(attributions, "attributions", finite=True, min_ndim=2, nonempty=True)
+    if attributions.dtype == torch.bool or attributions.is_complex():
+        raise TypeError(f"attributions must be a real tensor, got dtype {attributions.dtype}")
     a = attributions.sum(1) if attributions.ndim == 4 else attributions
     return a.reshape(a.shape[0], -1).argsort(dim=1, descending=True, stable=True)
 
@@ -163,32 +188,27 @@ def _curve(
     score: str,
     insert: bool,
 ) -> Curve:
-    x = check_input(x)
+    x = check_model_input(model, x)
     attr = _check_attr(attributions, x)
     t = check_target(target, x.shape[0], x.device)
     steps = check_positive_int(steps, "steps")
     if score not in ("prob", "logit"):
         raise ValueError(f"score must be 'prob' or 'logit', got {score!r}")
     x = x.detach()
-    if isinstance(baseline, torch.Tensor):
-        if baseline.shape not in (x.shape, x.shape[1:], ()):
-            raise ValueError(f"baseline must be a number or shaped like x, got {tuple(baseline.shape)}")
-        fill = baseline.detach().to(x.device, x.dtype).expand_as(x)
-    else:
-        fill = torch.full_like(x, float(baseline))
+    fill = check_number_or_tensor(baseline, x, "baseline")
     order = feature_order(attr)
     n_feat = order.shape[1]
     ks = torch.linspace(0, n_feat, steps + 1).round().long().tolist()
     scores = []
-    with torch.no_grad(), train_mode(model, False):
+    with torch.no_grad(), evaluating(model):
         for k in ks:
             m = _feature_mask(order, k, x)
             xi = torch.where(m, x, fill) if insert else torch.where(m, fill, x)
-            out = check_logits(model(xi), x.shape[0], t)
+            out = check_logits(forward(model, xi), x.shape[0], t)
             s = out.softmax(1) if score == "prob" else out
             scores.append(s.gather(1, t[:, None]).squeeze(1))
     fractions = torch.tensor(ks, dtype=x.dtype, device=x.device) / n_feat
-    sc = torch.stack(scores, 1)
+    sc = finite_result(torch.stack(scores, 1), "scores", context=" at x with features set to baseline")
     return Curve(fractions, sc, torch.trapezoid(sc, fractions, dim=1))
 
 
@@ -236,18 +256,21 @@ def remove_features(
     the least attributed (``"bottom"``) or random ones (``"random"``, drawn from ``generator``)."""
     x = check_input(x)
     attr = _check_attr(attributions, x)
-    if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
-    if order not in ("top", "bottom", "random"):
+    fraction = checks.number(fraction, "fraction", low=0.0, high=1.0)
+    fill_x = check_number_or_tensor(checks.number(fill, "fill"), x, "fill")
+    if order not in ORDERS:
         raise ValueError(f"order must be 'top', 'bottom' or 'random', got {order!r}")
+    gen = check_generator(generator, x.device)
     idx = feature_order(attr)
     if order == "bottom":
         idx = idx.flip(1)
     elif order == "random":
-        gen = check_generator(generator, x.device)
         idx = rand(idx.shape, generator=gen, device=x.device).argsort(1)
     k = round(fraction * idx.shape[1])
-    return torch.where(_feature_mask(idx, k, x), torch.full_like(x, fill), x.detach())
+    return torch.where(_feature_mask(idx, k, x), fill_x, x.detach())
+
+
+ORDERS = ("top", "bottom", "random")
 
 
 @dataclass(frozen=True)
@@ -282,35 +305,61 @@ def roar(
     Compute the attributions for the model's *predicted* class: when they depend on the true label, the
     pattern of removed pixels can itself encode the label, and the retrained model then reads it off.
     """
-    if not callable(train):
-        raise TypeError("train must be a callable train(x, y) -> model")
+    train_x, test_x = check_input(train_x, "train_x"), check_input(test_x, "test_x")
+    _check_labels(train_y, train_x, "train_y")
+    _check_labels(test_y, test_x, "test_y")
+    _check_attr(train_attr, train_x, "train_attr", "train_x")
+    _check_attr(test_attr, test_x, "test_attr", "test_x")
+    check_callable(train, "train", (train_x, train_y), {}, "train(x, y) returning a fitted model")
+    if isinstance(fractions, (str, torch.Tensor)) or not isinstance(fractions, Sequence) or not fractions:
+        raise ValueError(f"fractions must be a non-empty sequence of numbers in [0, 1], got {fractions!r}")
+    fractions = [checks.number(f, f"fractions[{i}]", low=0.0, high=1.0) for i, f in enumerate(fractions)]
+    checks.number(fill, "fill")
+    if order not in ORDERS:
+        raise ValueError(f"order must be 'top', 'bottom' or 'random', got {order!r}")
     accs = []
     for f in fractions:
         tr = remove_features(train_x, train_attr, f, order=order, fill=fill, generator=generator)
         te = remove_features(test_x, test_attr, f, order=order, fill=fill, generator=generator)
         model = train(tr, train_y)
-        with torch.no_grad(), train_mode(model, False):
-            accs.append(float((model(te).argmax(1) == test_y).float().mean()))
-    return RoarResult([float(f) for f in fractions], accs, order)
+        if not callable(model):
+            raise TypeError(f"train(x, y) must return a model (a callable), got {type(model).__name__}")
+        with torch.no_grad(), evaluating(model):
+            accs.append(float((forward(model, te, "test_x").argmax(1) == test_y.to(te.device)).float().mean()))
+    return RoarResult(fractions, accs, order)
+
+
+def _check_labels(y: object, x: torch.Tensor, name: str) -> torch.Tensor:
+    checks.tensor(y, name, finite=False, ndim=1)
+    assert isinstance(y, torch.Tensor)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of class labels, got dtype {y.dtype}")
+    if len(y) != len(x):
+        raise ValueError(f"{name} must hold one label per image ({len(x)}), got {len(y)}")
+    return y
 
 
 def gini_index(maps: torch.Tensor) -> torch.Tensor:
     """Concentration of each map, the Gini index of its absolute values (N,): 0 when the mass is spread
     evenly, ``1 - 1/M`` when one of the ``M`` values holds it all (how "sharp" a saliency map is, the
-    visual claim of SmoothGrad, Smilkov et al., 2017, made a number)."""
-    if not isinstance(maps, torch.Tensor) or maps.ndim < 2 or not maps.is_floating_point():
-        raise TypeError(f"maps must be a floating tensor (N, ...), got {maps!r:.80}")
+    visual claim of SmoothGrad, Smilkov et al., 2017, made a number). An all-zero map counts as spread
+    evenly (0), the limit of ``c * ones`` as ``c -> 0``."""
+    checks.tensor(maps, "maps", floating=True, finite=True, min_ndim=2, nonempty=True)
     v = maps.detach().abs().flatten(1).sort(dim=1).values
     m = v.shape[1]
     k = torch.arange(1, m + 1, device=v.device, dtype=v.dtype)
-    return ((2 * k - m - 1) * v).sum(1) / (m * v.sum(1))
+    mass = v.sum(1)
+    gini = ((2 * k - m - 1) * v).sum(1) / (m * torch.where(mass > 0, mass, torch.ones_like(mass)))
+    if not bool(torch.isfinite(gini).all()):
+        raise ValueError(f"maps are too large for {maps.dtype}: the sum of a map's absolute values overflows")
+    return gini
 
 
 def instability(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``1 - cos(a_i, b_i)`` per example (N,) between two batches of maps, e.g. the maps of ``x`` and of a
     slightly jittered ``x`` (0 when the map does not change direction)."""
-    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
-        raise TypeError(f"a and b must be tensors, got {type(a).__name__} and {type(b).__name__}")
+    checks.tensor(a, "a", floating=True, finite=True, nonempty=True)
+    checks.tensor(b, "b", floating=True, finite=True, nonempty=True)
     if a.shape != b.shape or a.ndim < 2:
         raise ValueError(f"a and b must be batches (N, ...) of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     return 1 - torch.nn.functional.cosine_similarity(a.detach().flatten(1), b.detach().flatten(1), dim=1)
