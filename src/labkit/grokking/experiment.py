@@ -20,10 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit import checks
+from labkit.autograd import check_module, train_mode
 from labkit.data.core import Split
 from labkit.grokking.models import OneHotMLP
 from labkit.grokking.modular import ModularSplit
-from labkit.grokking.optim import GrokfastEMA, PerpGrad
+from labkit.grokking.optim import LARGEST, GrokfastEMA, PerpGrad, check_hyperparameters
 from labkit.grokking.progress import (
     GrokSummary,
     fourier_concentration,
@@ -52,10 +54,24 @@ def make_optimizer(model: nn.Module, name: str = "adamw", *, lr: float = 1e-3, w
     (``eps`` with "sgd" / "perp_sgd" is an error). Extra keywords go to the wrapper (``rescale``,
     ``ema_alpha``, ``ema_lamb``) or the base optimizer.
     """
-    if len(tuple(betas)) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-    if eps is not None and not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps >= 0):
-        raise ValueError(f"eps must be a non-negative float or None, got {eps!r}")
+    check_module(model)
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
+    check_hyperparameters({"lr": lr, "weight_decay": weight_decay})
+    try:
+        check_hyperparameters({"betas": betas})
+    except TypeError as err:  # betas given as a string, a number, ...
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}") from err
+    if eps is not None:
+        try:
+            checks.number(eps, "eps", low=0.0, high=LARGEST)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"eps must be a non-negative float or None, got {eps!r}") from err
+    check_hyperparameters(kwargs)
+    if "ema_alpha" in kwargs:
+        checks.number(kwargs["ema_alpha"], "ema_alpha", low=0.0, high=1.0, high_open=True)
+    if "ema_lamb" in kwargs:
+        checks.number(kwargs["ema_lamb"], "ema_lamb", low=0.0, high=LARGEST)
     params = model.parameters()
     if name in ("sgd", "perp_sgd"):
         if eps is not None:
@@ -119,8 +135,14 @@ def train_grokking(
     """
     from labkit.training import fit
 
+    check_module(model)
     if not isinstance(data, Split):
         raise TypeError(f"data must be a labkit.data.Split, got {type(data).__name__}")
+    if isinstance(measures, str):
+        raise TypeError(f"measures must be a sequence of measure names, not the string {measures!r}")
+    for name, metric in (extra_metrics or {}).items():
+        if not callable(metric):
+            raise TypeError(f"extra_metrics[{name!r}] must be a callable metric(model) -> float")
     known = {"acc", "loss", "weight_norm", "collapse", "nlm_cosine", "fourier"}
     unknown = set(measures) - known
     if unknown:
@@ -128,6 +150,7 @@ def train_grokking(
     if ("fourier" in measures or spectrum) and not hasattr(model, "operand_embeddings"):
         raise ValueError("the 'fourier' measure and spectrum=True need a model with operand_embeddings()")
     criterion = classification_loss(loss)
+    check_data(model, data)
     xtr, ytr, xte, yte = data.train_x, data.train_y, data.test_x, data.test_y
 
     # The train logits feed several columns; compute them once per evaluation. The cache key is the number
@@ -155,15 +178,18 @@ def train_grokking(
         metrics["test_loss"] = lambda m: criterion(m(xte), yte).item()
     if "weight_norm" in measures:
         metrics["weight_norm"] = weight_norm
+    # the measures that refuse NaN input record NaN once a run has diverged (on_nonfinite="stop" evaluates it)
     if "collapse" in measures:
-        metrics["softmax_collapse"] = lambda m: softmax_collapse_fraction(train_logits(m), ytr)
+        metrics["softmax_collapse"] = lambda m: _finite_or_nan(
+            train_logits(m), lambda z: softmax_collapse_fraction(z, ytr))
     if "nlm_cosine" in measures:
-        metrics["nlm_cosine"] = lambda m: nlm_cosine(m, lambda mm: criterion(mm(xtr), ytr))
+        metrics["nlm_cosine"] = lambda m: _finite_or_nan(
+            train_logits(m), lambda _: nlm_cosine(m, lambda mm: criterion(mm(xtr), ytr)))
     if "fourier" in measures:
-        metrics["fourier_conc"] = lambda m: fourier_concentration(m.operand_embeddings())
+        metrics["fourier_conc"] = lambda m: _finite_or_nan(m.operand_embeddings(), fourier_concentration)
     if spectrum:
         def spec_metric(k: int) -> Callable[[nn.Module], float]:
-            return lambda m: float(fourier_power(m.operand_embeddings())[k])
+            return lambda m: _finite_or_nan(m.operand_embeddings(), lambda e: float(fourier_power(e)[k]))
 
         n_freq = data.num_classes // 2 + 1
         for k in range(n_freq):
@@ -180,6 +206,41 @@ def train_grokking(
     return GrokRun(history, summary, model)
 
 
+def _finite_or_nan(values: torch.Tensor, measure: Callable[[torch.Tensor], float]) -> float:
+    return measure(values) if bool(torch.isfinite(values.detach()).all()) else float("nan")
+
+
+def check_data(model: nn.Module, data: Split, name: str = "data") -> None:
+    """Refuse data the model cannot train on, with errors naming ``name``: a :class:`ModularSplit` must hold
+    residues of its ``p`` and match a model's ``p``; any split must be non-empty, finite, of the model's
+    floating dtype, readable by the model (one example in eval mode, no gradient) and have labels inside the
+    model's outputs."""
+    if isinstance(data, ModularSplit):
+        data.check(name)
+        model_p = getattr(model, "p", None)
+        if isinstance(model_p, int) and model_p != data.p:
+            raise ValueError(f"{name} was made with p={data.p} but the model reads residues mod p={model_p}: "
+                             "build the model and the split with the same p")
+    for part in ("train_x", "train_y", "test_x", "test_y"):
+        checks.tensor(getattr(data, part), f"{name}.{part}")
+        if part.endswith("_x"):
+            checks.same_dtype_as_model(getattr(data, part), model, f"{name}.{part}")
+    xtr, ytr = data.train_x, data.train_y
+    if not xtr.shape[0] or xtr.shape[0] != ytr.shape[0] or data.test_x.shape[0] != data.test_y.shape[0]:
+        raise ValueError(f"{name} must have a non-empty training part and as many labels as inputs, got train "
+                         f"{tuple(xtr.shape)} / {tuple(ytr.shape)}, test {tuple(data.test_x.shape)} / "
+                         f"{tuple(data.test_y.shape)}")
+    try:
+        with torch.no_grad(), train_mode(model, False):
+            out = model(xtr[:1])
+    except (RuntimeError, IndexError) as err:
+        raise ValueError(f"the model cannot read {name}.train_x of shape {tuple(xtr.shape)}: {err}") from err
+    if isinstance(out, torch.Tensor) and out.ndim == 2 and not ytr.is_floating_point():
+        for part in ("train_y", "test_y"):
+            checks.class_indices(getattr(data, part), out.shape[1], f"{name}.{part} (the model has "
+                                 f"{out.shape[1]} outputs)")
+
+
 def fresh_model(p: int, *, seed: int, hidden: Sequence[int] = (128, 128), activation: str = "relu",
                 bias: bool = True, device: str | torch.device = "cpu") -> OneHotMLP:
     """A :class:`OneHotMLP` for residues mod ``p`` initialised from ``seed`` (torch's default init under a
@@ -187,6 +248,7 @@ def fresh_model(p: int, *, seed: int, hidden: Sequence[int] = (128, 128), activa
     differ only in their optimizer or loss start from the same weights (Power et al., 2022; Prieto et
     al., 2025). In a notebook: ``fresh_model(p, seed=run.seed_for("init"), ...)``."""
     check_seed(seed)
+    checks.integer(p, "p", low=2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = OneHotMLP(p, hidden=hidden, activation=activation, bias=bias)
@@ -216,6 +278,8 @@ def modular_run(
     """
     if not isinstance(data, ModularSplit):
         raise TypeError(f"data must be a ModularSplit (labkit.grokking.modular_arithmetic), got {type(data).__name__}")
+    data.check("data")
+    check_seed(seed)
     model = fresh_model(data.p, seed=seed, hidden=hidden, activation=activation, bias=bias,
                         device=data.train_x.device)
     opt = make_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)

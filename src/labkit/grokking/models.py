@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit import checks
+
 
 class Quadratic(nn.Module):
     """sigma(x) = x^2, the activation of the Li^2 analysis (Tian, 2025)."""
@@ -28,10 +30,34 @@ class Quadratic(nn.Module):
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "quadratic": Quadratic, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
-def _check_pairs(x: torch.Tensor, p: int) -> None:
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.long or x.ndim != 2 or x.shape[1] != 2:
-        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a LongTensor of (a, b) pairs with shape (N, 2), got {got}")
+def check_pairs(x: torch.Tensor, p: int, name: str = "x") -> torch.Tensor:
+    """``x`` must be a LongTensor (N, 2) of operands in ``[0, p)`` (not on the ``meta`` device).
+
+    The range check is one ``aminmax`` over the batch (about 1% of a forward of the grokking models, see
+    ``benchmarks/bench_grokking.py``): without it an operand ``p <= a < 2p`` of the one-hot MLP would be read
+    silently from the second operand's table, and the transformer would read ``a = p`` as the ``=`` token.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a LongTensor of (a, b) pairs with shape (N, 2), got {type(x).__name__}")
+    if x.dtype != torch.long or x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"{name} must be a LongTensor of (a, b) pairs with shape (N, 2), "
+                         f"got {x.dtype} {tuple(x.shape)}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device (shapes only, no values): move it to 'cpu' or 'cuda'")
+    if x.shape[0]:
+        low, high = (int(v) for v in torch.aminmax(x))
+        if low < 0 or high >= p:
+            raise ValueError(f"{name} must hold operands in [0, {p}) (residues mod p={p}), got values in "
+                             f"[{low}, {high}]: data made with another p?")
+    return x
+
+
+def _widths(hidden: Sequence[int]) -> list[int]:
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise TypeError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
+    if not hidden:
+        raise ValueError("hidden must be a non-empty sequence of positive widths, got []")
+    return [checks.positive_int(h, "hidden") for h in hidden]
 
 
 class OneHotMLP(nn.Module):
@@ -44,12 +70,14 @@ class OneHotMLP(nn.Module):
     def __init__(self, p: int, *, hidden: Sequence[int] = (128, 128), out: int | None = None,
                  activation: str = "relu", bias: bool = True):
         super().__init__()
-        hidden = list(hidden)
-        if p < 2 or not hidden or any(h < 1 for h in hidden):
-            raise ValueError("p must be >= 2 and hidden a non-empty list of positive widths, "
-                             f"got p={p}, hidden={hidden}")
+        checks.integer(p, "p", low=2)
+        hidden = _widths(hidden)
+        if out is not None:
+            checks.positive_int(out, "out")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
         self.p = p
         first = nn.Linear(2 * p, hidden[0], bias=bias)  # same init as the one-hot linear layer
         self.embedding = nn.Parameter(first.weight.detach().t().contiguous())
@@ -63,7 +91,7 @@ class OneHotMLP(nn.Module):
 
     def hidden_features(self, x: torch.Tensor) -> torch.Tensor:
         """The first hidden layer's activations (N, hidden[0])."""
-        _check_pairs(x, self.p)
+        check_pairs(x, self.p)
         offsets = torch.tensor([0, self.p], device=x.device)
         h = F.embedding_bag(x + offsets, self.embedding, mode="sum")  # E[a] + E[p + b], fused
         if self.bias is not None:
@@ -87,9 +115,11 @@ class OneLayerTransformer(nn.Module):
 
     def __init__(self, p: int, *, d_model: int = 128, n_heads: int = 4, d_mlp: int = 512):
         super().__init__()
-        if p < 2 or d_model < 1 or n_heads < 1 or d_mlp < 1 or d_model % n_heads:
-            raise ValueError(f"need p >= 2 and d_model divisible by n_heads, got p={p}, d_model={d_model}, "
-                             f"n_heads={n_heads}, d_mlp={d_mlp}")
+        checks.integer(p, "p", low=2)
+        for value, name in ((d_model, "d_model"), (n_heads, "n_heads"), (d_mlp, "d_mlp")):
+            checks.positive_int(value, name)
+        if d_model % n_heads:
+            raise ValueError(f"d_model must be divisible by n_heads, got d_model={d_model}, n_heads={n_heads}")
         self.p, self.n_heads, self.d_head = p, n_heads, d_model // n_heads
         scale = 1.0 / math.sqrt(d_model)
         self.W_E = nn.Parameter(torch.randn(p + 1, d_model) * scale)
@@ -103,7 +133,7 @@ class OneLayerTransformer(nn.Module):
         self.W_U = nn.Parameter(torch.randn(d_model, p) * scale)
 
     def _residual(self, x: torch.Tensor) -> torch.Tensor:
-        _check_pairs(x, self.p)
+        check_pairs(x, self.p)
         eq = torch.full_like(x[:, :1], self.p)
         tokens = torch.cat([x, eq], dim=1)  # (N, 3)
         return self.W_E[tokens] + self.W_pos  # (N, 3, d)
@@ -118,7 +148,7 @@ class OneLayerTransformer(nn.Module):
         q = (last @ self.W_Q).reshape(n, self.n_heads, 1, self.d_head)
         k, v = self._heads(resid @ self.W_K), self._heads(resid @ self.W_V)
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.d_head), dim=-1)  # (N, h, 1, 3)
-        z = (att @ v).reshape(n, -1)  # heads concatenated
+        z = (att @ v).flatten(1)  # heads concatenated (an empty batch too)
         h = last + z @ self.W_O
         h = h + self.mlp_out(torch.relu(self.mlp_in(h)))
         return h @ self.W_U
@@ -131,7 +161,7 @@ class OneLayerTransformer(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)
         mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
         att = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1)
-        z = (att @ v).transpose(1, 2).reshape(n, t, -1)
+        z = (att @ v).transpose(1, 2).flatten(2)
         h = resid + z @ self.W_O
         h = h + self.mlp_out(torch.relu(self.mlp_in(h)))
         return h @ self.W_U

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from labkit import checks
 from labkit.data.core import Split
+from labkit.grokking.models import check_pairs
+from labkit.runtime import check_seed
 
 OPS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
     "add": lambda a, b, p: (a + b) % p,
@@ -42,6 +45,37 @@ class ModularSplit(Split):
     def train_fraction(self) -> float:
         return self.train_x.shape[0] / (self.train_x.shape[0] + self.test_x.shape[0])
 
+    def check(self, name: str = "data") -> ModularSplit:
+        """Raise a ``ValueError`` naming ``name`` unless the split is a table mod ``p``: LongTensor pairs (N, 2)
+        of operands in ``[0, p)``, LongTensor labels (N,) in ``[0, p)``, a non-empty training part."""
+        checks.integer(self.p, f"{name}.p", low=2)
+        for part in ("train", "test"):
+            x, y = getattr(self, f"{part}_x"), getattr(self, f"{part}_y")
+            check_pairs(x, self.p, f"{name}.{part}_x")
+            if not isinstance(y, torch.Tensor) or y.dtype != torch.long or tuple(y.shape) != (x.shape[0],):
+                got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ValueError(f"{name}.{part}_y must be a LongTensor of shape ({x.shape[0]},), got {got}")
+            checks.class_indices(y, self.p, f"{name}.{part}_y")
+        if not self.train_x.shape[0]:
+            raise ValueError(f"{name}.train_x is empty: no training pairs")
+        if not isinstance(self.op, str) or self.op not in OPS:
+            raise ValueError(f"{name}.op must be one of {sorted(OPS)}, got {self.op!r}")
+        for part in ("train", "test"):
+            x, y = getattr(self, f"{part}_x"), getattr(self, f"{part}_y")
+            if self.op == "div":
+                if bool((x[:, 1] == 0).any()):
+                    raise ValueError(f"{name}.{part}_x divides by 0 (op='div' needs b != 0)")
+                inverse = torch.tensor([pow(v, self.p - 2, self.p) if v else 0 for v in range(self.p)],
+                                       device=x.device)
+                expected = (x[:, 0] * inverse[x[:, 1]]) % self.p
+            else:
+                expected = OPS[self.op](x[:, 0], x[:, 1], self.p)
+            wrong = int((expected != y).sum())
+            if wrong:
+                raise ValueError(f"{name}.{part}_y: {wrong} of {y.shape[0]} labels are not a {self.op} b mod "
+                                 f"{self.p}: a split made with another p or op?")
+        return self
+
     def __repr__(self) -> str:
         return (f"ModularSplit(p={self.p}, op={self.op!r}, train={self.train_x.shape[0]}, "
                 f"test={self.test_x.shape[0]}, device={self.train_x.device})")
@@ -63,12 +97,12 @@ def modular_arithmetic(
     """
     if not isinstance(p, int) or isinstance(p, bool) or p < 2:
         raise ValueError(f"p must be an int >= 2, got {p!r}")
-    if op not in OPS:
+    check_seed(seed)
+    if not isinstance(op, str) or op not in OPS:
         raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
     if op == "div" and not _is_prime(p):
         raise ValueError(f"op='div' needs a prime p (every nonzero b invertible), got p={p}")
-    if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction!r}")
+    checks.number(train_fraction, "train_fraction", low=0.0, high=1.0, low_open=True, high_open=True)
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     a, b = a.reshape(-1), b.reshape(-1)
     if op == "div":

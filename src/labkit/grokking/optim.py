@@ -20,7 +20,35 @@ from typing import Any
 
 import torch
 
+from labkit import checks
+
 OptimizerClass = type[torch.optim.Optimizer]
+
+#: the largest hyper-parameter accepted: torch turns a larger product (lr * weight_decay, lr / bias
+#: correction) into "value cannot be converted to type float without overflow" in float32 updates
+LARGEST = 1e15
+#: non-negative numeric hyper-parameters of torch's optimizers (lr may also be a 1-element tensor)
+NON_NEGATIVE = ("lr", "weight_decay", "eps", "momentum", "dampening", "alpha", "lr_decay",
+                "initial_accumulator_value", "rho", "lambd", "t0", "max_lr", "min_lr")
+
+
+def check_hyperparameters(options: dict[str, Any], name: str = "") -> dict[str, Any]:
+    """Refuse NaN, infinite, negative or non-numeric optimizer hyper-parameters with an error naming them.
+
+    torch.optim lets ``lr=inf`` and ``weight_decay=inf`` through and words NaN as "Invalid learning rate: nan";
+    here every known numeric option is a number in [0, LARGEST] and each of ``betas`` lies in [0, 1).
+    Unknown options are left to the optimizer. ``name`` prefixes the argument names (e.g. "param_groups[1].").
+    """
+    for key in NON_NEGATIVE:
+        if key in options:
+            checks.number(options[key], f"{name}{key}", low=0.0, high=LARGEST)
+    if "betas" in options:
+        betas = options["betas"]
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{name}betas must be two numbers in [0, 1), got {betas!r}")
+        for beta in betas:
+            checks.number(beta, f"{name}betas", low=0.0, high=1.0, high_open=True)
+    return options
 
 
 class GradientFilter(torch.optim.Optimizer):
@@ -33,6 +61,12 @@ class GradientFilter(torch.optim.Optimizer):
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
             raise TypeError("base_optimizer_cls must be a torch.optim.Optimizer subclass, "
                             f"got {base_optimizer_cls!r}")
+        check_hyperparameters(base_kwargs)
+        params = list(params)  # may be a generator; per-group options are checked like the keywords
+        for i, group in enumerate(params):
+            if isinstance(group, dict):
+                check_hyperparameters(group, f"params[{i}].")
+        self._linked = False
         self.base_optimizer = base_optimizer_cls(params, **base_kwargs)
         self.base_kwargs = dict(base_kwargs)
         super().__init__(self.base_optimizer.param_groups, dict(self.base_optimizer.defaults))
@@ -42,6 +76,17 @@ class GradientFilter(torch.optim.Optimizer):
         """Share the base optimizer's groups and state (also after ``load_state_dict``)."""
         self.param_groups = self.base_optimizer.param_groups
         self.state = self.base_optimizer.state
+        self._linked = True
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer (the groups are shared), its hyper-parameters checked first."""
+        if not getattr(self, "_linked", False):  # torch.optim.Optimizer.__init__ building the shared list
+            super().add_param_group(param_group)
+            return
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        check_hyperparameters(param_group, "param_group.")
+        self.base_optimizer.add_param_group(param_group)
 
     def filter(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -102,7 +147,9 @@ class PerpGrad(GradientFilter):
     def __init__(self, params: Iterable[Any],
                  base_optimizer_cls: OptimizerClass = torch.optim.AdamW,
                  *, rescale: bool = True, **base_kwargs: Any):
-        self.rescale = bool(rescale)
+        if not isinstance(rescale, bool):
+            raise TypeError(f"rescale must be a bool, got {type(rescale).__name__}")
+        self.rescale = rescale
         super().__init__(params, base_optimizer_cls, **base_kwargs)
 
     def filter(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -110,10 +157,17 @@ class PerpGrad(GradientFilter):
 
 
 def perpendicular_gradient(weight: torch.Tensor, grad: torch.Tensor, *, rescale: bool = True) -> torch.Tensor:
-    """g - (<g, w> / <w, w>) w over the whole tensor; with ``rescale`` scaled back to ||g||."""
+    """g - (<g, w> / <w, w>) w over the whole tensor; with ``rescale`` scaled back to ||g||.
+
+    A map on the optimizer's hot path: a NaN in ``weight`` or ``grad`` comes out as NaN (never as a finite
+    value), and :func:`labkit.training.fit`'s ``on_nonfinite`` sees it in the next loss."""
+    checks.tensor(weight, "weight", floating=True, finite=False)
+    checks.tensor(grad, "grad", floating=True, finite=False)
     if weight.shape != grad.shape:
         raise ValueError("weight and grad must have the same shape, "
                          f"got {tuple(weight.shape)} and {tuple(grad.shape)}")
+    if weight.dtype != grad.dtype:
+        raise TypeError(f"grad has dtype {grad.dtype} but weight has {weight.dtype}")
     eps = 1e-30  # guards all-zero weights or gradients
     w, g = weight.reshape(-1), grad.reshape(-1)
     g_perp = g - (torch.dot(w, g) / (torch.dot(w, w) + eps)) * w
@@ -133,9 +187,8 @@ class GrokfastEMA(GradientFilter):
     def __init__(self, params: Iterable[Any],
                  base_optimizer_cls: OptimizerClass = torch.optim.AdamW,
                  *, ema_alpha: float = 0.98, ema_lamb: float = 2.0, **base_kwargs: Any):
-        if not 0.0 <= ema_alpha < 1.0:
-            raise ValueError(f"ema_alpha must be in [0, 1), got {ema_alpha!r}")
-        self.alpha, self.lamb = float(ema_alpha), float(ema_lamb)
+        self.alpha = checks.number(ema_alpha, "ema_alpha", low=0.0, high=1.0, high_open=True)
+        self.lamb = checks.number(ema_lamb, "ema_lamb", low=0.0, high=LARGEST)
         super().__init__(params, base_optimizer_cls, **base_kwargs)
         self._ema: dict[int, torch.Tensor] = {}
 

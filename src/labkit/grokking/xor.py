@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit import checks
 from labkit.autograd import randn
 from labkit.data.core import Split
+from labkit.runtime import check_seed
 from labkit.training import History, accuracy, fit, fit_loss
 
 
@@ -68,14 +70,14 @@ def xor_clusters(
 ) -> XorClusters:
     """Generate XOR cluster data; the flipped share of the training set is ``noise_rate`` (rounded per cluster
     when balanced)."""
-    if n_train < 4 or n_test < 4:
-        raise ValueError(f"n_train and n_test must be at least 4, got {n_train} and {n_test}")
-    if dim < 2:
-        raise ValueError(f"dim must be at least 2, got {dim}")
-    if signal <= 0:
-        raise ValueError(f"signal must be positive, got {signal}")
-    if not 0.0 <= noise_rate < 0.5:
-        raise ValueError(f"noise_rate must be in [0, 0.5), got {noise_rate}")
+    checks.integer(n_train, "n_train", low=4)
+    checks.integer(n_test, "n_test", low=4)
+    checks.integer(dim, "dim", low=2)
+    checks.number(signal, "signal", low=0.0, low_open=True)
+    checks.number(noise_rate, "noise_rate", low=0.0, high=0.5, high_open=True)
+    if not isinstance(balanced, bool):
+        raise TypeError(f"balanced must be a bool, got {type(balanced).__name__}")
+    check_seed(seed)
     # decorrelate the data stream from model initialisations seeded with the same number
     gen = torch.Generator().manual_seed((seed * 2_654_435_761 + 97) % 2**63)
     basis, _ = torch.linalg.qr(torch.randn(dim, 2, generator=gen))
@@ -102,6 +104,8 @@ def xor_clusters(
     else:
         flipped[torch.randperm(n_train, generator=gen)[: round(noise_rate * n_train)]] = True
     train_y = torch.where(flipped, -train_y, train_y)
+    if not bool(torch.isfinite(train_x).all() and torch.isfinite(test_x).all()):
+        raise ValueError(f"signal={signal} overflows float32 data: use a signal below about 1e18")
     data = XorClusters(train_x, train_y, test_x, test_y, flipped, train_cluster, test_cluster, mu1, mu2)
     return data.to(device)
 
@@ -116,21 +120,35 @@ class TwoLayerReLU(nn.Module):
     def __init__(self, in_features: int, width: int = 512, *, init_scale: float = 1e-4,
                  generator: torch.Generator | None = None):
         super().__init__()
+        checks.positive_int(in_features, "in_features")
+        checks.integer(width, "width")
         if width < 2 or width % 2:
             raise ValueError(f"width must be an even number >= 2, got {width}")
+        checks.number(init_scale, "init_scale", low=0.0, low_open=True)
         # the generator rule: drawn on the generator's device (CPU by default), the module starts on the CPU
         self.weight = nn.Parameter(randn((width, in_features), generator=generator, device="cpu") * init_scale)
         signs = torch.cat([torch.ones(width // 2), -torch.ones(width // 2)])
         self.register_buffer("a", signs / math.sqrt(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # shape, dtype and device checks only (no NaN scan per forward: a NaN input gives a NaN score)
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        if x.device.type == "meta":
+            raise ValueError("x is on the 'meta' device (shapes only, no values): move it to 'cpu' or 'cuda'")
+        if x.ndim < 1 or x.shape[-1] != self.weight.shape[1]:
+            raise ValueError(f"x must have {self.weight.shape[1]} features in its last dimension, "
+                             f"got shape {tuple(x.shape)}")
+        if x.dtype != self.weight.dtype:
+            checks.same_dtype_as_model(x, self, "x")
         return torch.relu(x @ self.weight.T) @ self.a
 
     @torch.no_grad()
     def restricted(self, basis: torch.Tensor) -> TwoLayerReLU:
         """The same network on the subspace spanned by the orthonormal columns of ``basis`` (d, k):
         ``g(z) = f(basis @ z)``, computed with k-dimensional weights (cheap to evaluate on a grid)."""
-        if basis.ndim != 2 or basis.shape[0] != self.weight.shape[1]:
+        checks.tensor(basis, "basis", floating=True)
+        if basis.ndim != 2 or basis.shape[0] != self.weight.shape[1] or basis.shape[1] < 1:
             raise ValueError(f"basis must have shape ({self.weight.shape[1]}, k), got {tuple(basis.shape)}")
         small = TwoLayerReLU(basis.shape[1], self.weight.shape[0])
         small.weight.copy_(self.weight @ basis.to(self.weight))
@@ -143,8 +161,14 @@ def logistic_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     (the loss of Xu et al., 2023), computed as softplus(-y f(x))."""
     if not isinstance(scores, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError("scores and y must be tensors")
+    if not scores.is_floating_point():
+        raise TypeError(f"scores must be a floating-point tensor, got {scores.dtype}")
     if scores.shape != y.shape:
         raise ValueError(f"scores and y must have the same shape, got {tuple(scores.shape)} and {tuple(y.shape)}")
+    if scores.device.type == "meta" or y.device.type == "meta":
+        raise ValueError("scores and y must hold values: one of them is on the 'meta' device")
+    if scores.numel() == 0:
+        raise ValueError("scores is empty: the mean loss of no example is undefined")
     return F.softplus(-y * scores).mean()
 
 
@@ -183,8 +207,19 @@ def train_xor(model: TwoLayerReLU, data: XorClusters, *, lr: float = 1.0, steps:
         raise TypeError(f"model must be a TwoLayerReLU, got {type(model).__name__}")
     if not isinstance(data, XorClusters):
         raise TypeError(f"data must be XorClusters (labkit.grokking.xor_clusters), got {type(data).__name__}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    checks.number(lr, "lr", low=0.0, low_open=True, high=1e15)  # larger: float32 overflow inside torch's SGD
+    checks.positive_int(steps, "steps")
+    if eval_steps is not None:
+        if isinstance(eval_steps, (str, bytes)) or not isinstance(eval_steps, (list, tuple, range)):
+            raise TypeError(f"eval_steps must be a list of step numbers, got {type(eval_steps).__name__}")
+        eval_steps = [checks.integer(s, "eval_steps", low=0) for s in eval_steps]
+    for part in ("train_x", "test_x"):
+        x = checks.tensor(getattr(data, part), f"data.{part}", floating=True, ndim=2, nonempty=True)
+        checks.same_dtype_as_model(x, model, f"data.{part}")
+        if x.shape[1] != model.weight.shape[1]:
+            raise ValueError(f"data.{part} has {x.shape[1]} features but the model reads {model.weight.shape[1]}")
+    for part in ("train_y", "test_y"):
+        checks.tensor(getattr(data, part), f"data.{part}", floating=True, ndim=1)
     eval_steps = log_spaced_steps(steps) if eval_steps is None else [s for s in eval_steps if s <= steps]
     x, y, flipped, basis = data.train_x, data.train_y, data.flipped, data.plane_basis()
     metrics = {
@@ -203,10 +238,26 @@ def plane_decision_maps(snapshots: Mapping[int, Mapping[str, torch.Tensor]], bas
     """For each saved state of a :class:`TwoLayerReLU` (``history.snapshots``), its decision function on the
     grid ``grid x grid`` of the plane spanned by the orthonormal columns of ``basis`` (d, 2), as a
     (len(grid), len(grid)) tensor (rows: second coordinate): ``restricted(basis)`` evaluated on the grid."""
+    checks.tensor(basis, "basis", floating=True)
     if basis.ndim != 2 or basis.shape[1] != 2:
         raise ValueError(f"basis must have shape (d, 2), got {tuple(basis.shape)}")
+    checks.tensor(grid, "grid", floating=True, nonempty=True)
     if grid.ndim != 1:
         raise ValueError(f"grid must be a 1-D tensor of coordinates, got shape {tuple(grid.shape)}")
+    if grid.dtype != basis.dtype or grid.device != basis.device:
+        raise TypeError(f"grid ({grid.dtype}, {grid.device}) must have the dtype and device of basis "
+                        f"({basis.dtype}, {basis.device})")
+    if not isinstance(snapshots, Mapping):
+        raise TypeError("snapshots must be a mapping step -> state (history.snapshots), "
+                        f"got {type(snapshots).__name__}")
+    for step, state in snapshots.items():
+        if not isinstance(state, Mapping) or "weight" not in state or "a" not in state:
+            raise ValueError(f"snapshots[{step!r}] must be a TwoLayerReLU state with 'weight' and 'a'")
+        weight = checks.tensor(state["weight"], f"snapshots[{step!r}]['weight']", floating=True, ndim=2)
+        a = checks.tensor(state["a"], f"snapshots[{step!r}]['a']", floating=True, ndim=1)
+        if weight.shape[1] != basis.shape[0] or a.shape[0] != weight.shape[0]:
+            raise ValueError(f"snapshots[{step!r}] has weight {tuple(weight.shape)} and a {tuple(a.shape)}, "
+                             f"which do not fit basis of shape {tuple(basis.shape)}")
     uu, vv = torch.meshgrid(grid, grid, indexing="xy")
     points = torch.stack([uu.reshape(-1), vv.reshape(-1)], dim=1)
     maps = {}
