@@ -22,7 +22,7 @@ from labkit.attributions import (
     saliency,
     smoothgrad,
 )
-from labkit.attributions.experiments import diffroar, explainer
+from labkit.attributions.experiments import diffroar, explainer, fit_classifier, train_mlp
 from labkit.models import cnn
 
 NAN = float("nan")
@@ -130,6 +130,22 @@ def test_metric_handed_an_explainer_of_the_wrong_signature():
         diffroar(tiny_cnn(), lambda x, y: tiny_cnn(), X, T, X, T, fractions=[0.5], explain=lambda x, t: x)
     with pytest.raises(TypeError, match=r"train must be a callable train\(x, y\)"):
         roar(lambda x: x, X, T, X, T, X, X)
+
+
+def test_training_labels_out_of_range_name_y_or_classes():
+    with pytest.raises(ValueError, match=r"y must hold class indices in \[0, 4\)"):
+        fit_classifier(tiny_cnn(), X, torch.tensor([0, 4, 1]), steps=1, progress=False)
+    with pytest.raises(ValueError, match="classes=2 but y holds labels up to 3"):
+        train_mlp(X.flatten(1), T, hidden=[4], classes=2, steps=1)
+    with pytest.raises(ValueError, match="lr=1e[+]38 is too large"):
+        fit_classifier(tiny_cnn(), X, T, steps=1, lr=1e38, progress=False)
+
+    def nan_gradient(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        s = model(batch[0]).abs().sum()
+        return (s - s).sqrt()  # a finite loss (0) whose gradient is NaN: the parameters become NaN
+
+    with pytest.raises(ValueError, match="training diverged.*lower lr"):
+        fit_classifier(tiny_cnn(), X, T, steps=1, loss=nan_gradient, progress=False)
 
 
 def test_meta_tensors_are_refused_by_name():

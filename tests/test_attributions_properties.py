@@ -53,8 +53,8 @@ from labkit.attributions import (
     smoothgrad,
     xgrad_cam,
 )
-from labkit.attributions.data import null_patch
-from labkit.attributions.experiments import adversarial_loss, explainer
+from labkit.attributions.data import block_digits, null_patch, two_digit_canvas
+from labkit.attributions.experiments import adversarial_loss, explainer, fit_classifier, train_mlp
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -228,6 +228,15 @@ def _option_calls() -> dict[str, Callable[[Any], Any]]:
         "null_patch.value": lambda v: null_patch(v),
         "adversarial_loss.eps": lambda v: adversarial_loss(eps=v, steps=1)(NET, (X, T)),
         "adversarial_loss.steps": lambda v: adversarial_loss(eps=0.1, steps=v)(NET, (X, T)),
+        "block_digits.patch_value": lambda v: block_digits(patch_value=v).train_x,
+        "block_digits.test_fraction": lambda v: block_digits(test_fraction=v).test_x,
+        "block_digits.seed": lambda v: block_digits(seed=v).test_x,
+        "two_digit_canvas.n": lambda v: two_digit_canvas(v).images,
+        "two_digit_canvas.seed": lambda v: two_digit_canvas(2, seed=v).images,
+        "fit_classifier.lr": lambda v: fit_classifier(make_cnn(), X, T, steps=1, lr=v, progress=False)(X),
+        "fit_classifier.steps": lambda v: fit_classifier(make_cnn(), X, T, steps=v, progress=False)(X),
+        "train_mlp.classes": lambda v: train_mlp(X.flatten(1), T, hidden=[2], classes=v, steps=1)(X.flatten(1)),
+        "train_mlp.hidden[0]": lambda v: train_mlp(X.flatten(1), T, hidden=[v], classes=3, steps=1)(X.flatten(1)),
     }
 
 
@@ -245,12 +254,11 @@ def _valid_any(out: Any) -> None:
         assert all(0.0 <= a <= 1.0 for a in out.accuracy)
 
 
-@settings(SETTINGS, max_examples=120)
+@settings(SETTINGS, max_examples=200)
 @given(case=st.sampled_from(sorted(OPTION_CALLS)), value=NUMBERS)
 def test_options_without_a_model(case: str, value: Any) -> None:
     option = case.split(".", 1)[1]
-    names = (option, option.split("[")[0]) if option.startswith("clamp") else (option,)
-    outcome(lambda: OPTION_CALLS[case](value), names, _valid_any)
+    outcome(lambda: OPTION_CALLS[case](value), (option, option.split("[")[0]), _valid_any)
 
 
 # --- the input x ------------------------------------------------------------------------------------

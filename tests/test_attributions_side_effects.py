@@ -36,7 +36,8 @@ from labkit.attributions import (
     smoothgrad,
     xgrad_cam,
 )
-from labkit.attributions.experiments import diffroar, explainer
+from labkit.attributions.data import Canvas, two_digit_canvas
+from labkit.attributions.experiments import diffroar, explainer, own_digit_rate
 
 X = torch.rand(4, 1, 6, 6, generator=torch.Generator().manual_seed(0))
 T = torch.tensor([0, 1, 2, 1])
@@ -90,6 +91,10 @@ def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
         assert grad is None or torch.equal(grad, other), f"grad of {name} changed"
 
 
+_canvas = two_digit_canvas(3)
+CANVAS = Canvas(_canvas.images, torch.tensor([[0, 1], [2, 0], [1, 2]]), _canvas.targets, _canvas.masks)
+
+
 def trivial_train(x: torch.Tensor, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda z: z.flatten(1)[:, :3]
 
@@ -117,6 +122,7 @@ MEASUREMENTS: dict[str, Callable[[nn.Module], Any]] = {
     "pgd_perturb": lambda m: pgd_perturb(m, X, T, eps=0.1, steps=2),
     "pgd_perturb L2": lambda m: pgd_perturb(m, X, T, eps=0.5, steps=2, norm="2", clamp=None),
     "diffroar": lambda m: diffroar(m, trivial_train, X, T, X, T, fractions=[0.5]),
+    "own_digit_rate": lambda m: own_digit_rate(grad_cam, m, CANVAS, layer=m[1]),
 }
 
 

@@ -67,8 +67,9 @@ def block_digits(
     Pixels in [0, 1]; ``train_mask``/``test_mask`` mark the digit block."""
     checks.integer(seed, "seed", low=0)
     test_fraction = checks.number(test_fraction, "test_fraction", low=0.0, high=1.0, low_open=True, high_open=True)
-    patch_value = checks.number(patch_value, "patch_value")
     _check_dtype(dtype)
+    largest = min(torch.finfo(dtype).max, torch.finfo(torch.float32).max)
+    patch_value = checks.number(patch_value, "patch_value", low=-largest, high=largest)
     base = digits(test_fraction=test_fraction, seed=seed, image=True, classes=list(classes), dtype=dtype)
     rng = np.random.default_rng(seed)
     patch = null_patch(patch_value)

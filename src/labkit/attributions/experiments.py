@@ -64,11 +64,26 @@ def fit_classifier(
     batches drawn from ``seed``) and return it in eval mode. ``loss(model, (x, y))`` defaults to cross-entropy."""
     check_module(model)
     lr = checks.number(lr, "lr", low=0.0, low_open=True)
-    check_model_input(model, x)
+    x = check_model_input(model, x)
     if not callable(loss):
         raise TypeError(f"loss must be a callable loss(model, (x, y)), got {type(loss).__name__}")
-    fit(model, loss, (x, y), optimizer=torch.optim.Adam(model.parameters(), lr=lr), steps=steps,
-        batch_size=batch_size, seed=seed, desc=desc, progress=progress)
+    checks.tensor(y, "y", finite=True, min_ndim=1)
+    if len(y) != len(x):
+        raise ValueError(f"y must hold one target per row of x ({len(x)}), got {len(y)}")
+    if not y.is_floating_point():  # class labels: in range of the model's logits (one probe row)
+        with torch.no_grad(), evaluating(model):
+            logits = forward(model, x[:1])
+        checks.class_indices(y, logits.shape[-1], "y")
+    try:
+        fit(model, loss, (x, y), optimizer=torch.optim.Adam(model.parameters(), lr=lr), steps=steps,
+            batch_size=batch_size, seed=seed, desc=desc, progress=progress)
+    except RuntimeError as err:
+        if "overflow" not in str(err):
+            raise
+        raise ValueError(f"lr={lr} is too large: the optimizer's update overflows ({err})") from err
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise ValueError(f"training diverged: the model's parameters are NaN or infinite after {steps} steps "
+                         f"with lr={lr}; lower lr")
     return model.eval()
 
 
@@ -118,6 +133,9 @@ def train_mlp(
         raise ValueError(f"x must be flat (N, D) for an MLP, got shape {tuple(x.shape)}")
     classes = check_positive_int(classes, "classes")
     hidden = _widths(hidden, "hidden", allow_empty=True)
+    checks.tensor(y, "y", finite=True, min_ndim=1)
+    if not y.is_floating_point() and y.numel() and int(y.max()) >= classes:
+        raise ValueError(f"classes={classes} but y holds labels up to {int(y.max())}: classes must exceed every label")
     model = mlp(x.shape[1], list(hidden), classes).to(x.device)
     return fit_classifier(model, x, y, steps=steps, lr=lr, batch_size=batch_size, loss=loss, seed=seed,
                           progress=False)
