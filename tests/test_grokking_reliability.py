@@ -186,3 +186,13 @@ def test_a_diverged_run_still_stops_cleanly_with_the_nan_refusing_measures():
     last = run.history.rows[-1]
     assert not math.isfinite(run.history.loss[-1])
     assert math.isnan(last["fourier_conc"]) and math.isnan(last["softmax_collapse"])
+
+
+@pytest.mark.parametrize("device", ["tpu", "meta", 3])
+def test_data_and_models_check_the_device(device):
+    from labkit.grokking import fresh_model
+
+    for make in (lambda: modular_arithmetic(5, device=device), lambda: xor_clusters(8, 8, dim=3, device=device),
+                 lambda: fresh_model(5, seed=0, device=device)):
+        with pytest.raises((ValueError, TypeError), match="device"):
+            make()

@@ -36,7 +36,7 @@ from labkit.grokking.progress import (
     weight_norm,
 )
 from labkit.grokking.stablemax import classification_loss
-from labkit.runtime import check_seed
+from labkit.runtime import check_seed, pick_device
 
 OPTIMIZERS = ("adamw", "perp_adamw", "grokfast_adamw", "sgd", "perp_sgd")
 BETAS = (0.9, 0.98)
@@ -249,6 +249,7 @@ def fresh_model(p: int, *, seed: int, hidden: Sequence[int] = (128, 128), activa
     al., 2025). In a notebook: ``fresh_model(p, seed=run.seed_for("init"), ...)``."""
     check_seed(seed)
     checks.integer(p, "p", low=2)
+    device = pick_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = OneHotMLP(p, hidden=hidden, activation=activation, bias=bias)

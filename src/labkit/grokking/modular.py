@@ -15,7 +15,7 @@ import torch
 from labkit import checks
 from labkit.data.core import Split
 from labkit.grokking.models import check_pairs
-from labkit.runtime import check_seed
+from labkit.runtime import check_seed, pick_device
 
 OPS: dict[str, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]] = {
     "add": lambda a, b, p: (a + b) % p,
@@ -98,6 +98,7 @@ def modular_arithmetic(
     if not isinstance(p, int) or isinstance(p, bool) or p < 2:
         raise ValueError(f"p must be an int >= 2, got {p!r}")
     check_seed(seed)
+    device = pick_device(device)
     if not isinstance(op, str) or op not in OPS:
         raise ValueError(f"op must be one of {sorted(OPS)}, got {op!r}")
     if op == "div" and not _is_prime(p):

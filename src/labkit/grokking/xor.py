@@ -30,7 +30,7 @@ from torch import nn
 from labkit import checks
 from labkit.autograd import randn
 from labkit.data.core import Split
-from labkit.runtime import check_seed
+from labkit.runtime import check_seed, pick_device
 from labkit.training import History, accuracy, fit, fit_loss
 
 
@@ -78,6 +78,7 @@ def xor_clusters(
     if not isinstance(balanced, bool):
         raise TypeError(f"balanced must be a bool, got {type(balanced).__name__}")
     check_seed(seed)
+    device = pick_device(device)
     # decorrelate the data stream from model initialisations seeded with the same number
     gen = torch.Generator().manual_seed((seed * 2_654_435_761 + 97) % 2**63)
     basis, _ = torch.linalg.qr(torch.randn(dim, 2, generator=gen))
