@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from model_state import assert_same, snapshot
 from torch import nn
 
 from labkit.attributions import (
@@ -66,29 +67,8 @@ def make_model() -> tuple[nn.Module, list[int]]:
     return model, calls
 
 
-def snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "training": {n: m.training for n, m in model.named_modules()},
-        "buffers": {n: b.clone() for n, b in model.named_buffers()},
-        "hooks": {n: list(m._forward_hooks) for n, m in model.named_modules()},
-        "pre_hooks": {n: list(m._forward_pre_hooks) for n, m in model.named_modules()},
-        "backward_hooks": {n: list(m._backward_hooks) for n, m in model.named_modules()},
-    }
 
 
-def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
-    for key in ("requires_grad", "training", "hooks", "pre_hooks", "backward_hooks"):
-        assert before[key] == after[key], key
-    for key in ("params", "buffers"):
-        for name, value in before[key].items():
-            assert torch.equal(value, after[key][name]), f"{key} {name} changed"
-    for name, grad in before["grads"].items():
-        other = after["grads"][name]
-        assert (grad is None) == (other is None), f"grad of {name}"
-        assert grad is None or torch.equal(grad, other), f"grad of {name} changed"
 
 
 _canvas = two_digit_canvas(3)

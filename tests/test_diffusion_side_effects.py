@@ -9,6 +9,7 @@ eval mode (so a model left in train mode samples exactly as in eval mode).
 
 import pytest
 import torch
+from model_state import assert_same, snapshot
 from torch import nn
 
 from labkit.diffusion import (
@@ -89,27 +90,10 @@ def prepared(model: nn.Module) -> tuple[nn.Module, list[int]]:
     return model, calls
 
 
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "modes": {n: m.training for n, m in model.named_modules()},
-        "buffers": {n: b.clone() for n, b in model.named_buffers()},
-        "hooks": {n: len(m._forward_hooks) for n, m in model.named_modules()},
-    }
 
 
 def assert_as_found(model: nn.Module, before: dict, calls: list[int]) -> None:
-    after = snapshot(model)
-    for key in ("requires_grad", "modes", "hooks"):
-        assert after[key] == before[key], key
-    for key in ("params", "buffers"):
-        for name, value in before[key].items():
-            assert torch.equal(after[key][name], value), f"{key} {name} changed"
-    for name, grad in before["grads"].items():
-        now = after["grads"][name]
-        assert (grad is None and now is None) or torch.equal(grad, now), f".grad of {name} changed"
+    assert_same(before, snapshot(model))
     n = len(calls)
     with torch.no_grad():
         model(torch.zeros(2, 2), torch.ones(2)) if isinstance(model, Classifier) else model(torch.zeros(2, 2), 1.0)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import torch
+from model_state import assert_same, busy_mlp
+from model_state import snapshot as model_snapshot
 from torch import nn
 from torch.nn import functional as F
 
@@ -34,50 +36,19 @@ from labkit.grokking import (
 from labkit.grokking.experiment import check_data
 
 
+def busy_model(bn_eval: bool) -> tuple[nn.Module, list[int]]:
+    return busy_mlp(data()[0], bn_eval=bn_eval)
+
+
 def data(n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     return torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
 
 
-def busy_model(bn_eval: bool) -> tuple[nn.Module, list[int]]:
-    """BatchNorm with non-trivial statistics, Dropout, a frozen bias, a forward hook, existing grads."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Dropout(0.5), nn.Linear(6, 3))
-    x, _ = data()
-    with torch.no_grad():
-        model.train()(x * 3 + 1)
-    model[0].bias.requires_grad_(False)
-    for i, p in enumerate(model.parameters()):
-        p.grad = None if i == 2 else torch.full_like(p, 0.25 * (i + 1))
-    model.train()
-    if bn_eval:
-        model[1].eval()
-    calls: list[int] = []
-    model[4].register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
-    return model, calls
 
 
-def state(model: nn.Module) -> dict[str, Any]:
-    return {
-        "params": {n: p.detach().clone() for n, p in model.named_parameters()},
-        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-        "flags": {n: p.requires_grad for n, p in model.named_parameters()},
-        "modes": {n: m.training for n, m in model.named_modules()},
-        "buffers": {n: b.clone() for n, b in model.named_buffers()},
-        "hooks": {n: len(m._forward_hooks) for n, m in model.named_modules()},
-    }
 
 
-def assert_same(before: dict[str, Any], after: dict[str, Any]) -> None:
-    for kind in ("flags", "modes", "hooks"):
-        assert before[kind] == after[kind], kind
-    for kind in ("params", "buffers"):
-        for name, value in before[kind].items():
-            assert torch.equal(value, after[kind][name]), f"{kind} {name} changed"
-    for name, grad in before["grads"].items():
-        other = after["grads"][name]
-        assert (grad is None) == (other is None), f"grad {name}"
-        assert grad is None or torch.equal(grad, other), f"grad {name} changed"
 
 
 def _loss(m: nn.Module) -> torch.Tensor:
@@ -105,10 +76,10 @@ CALLS: dict[str, Callable[[nn.Module], Any]] = {
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_measurement_leaves_the_model_as_found(name: str, bn_eval: bool) -> None:
     model, calls = busy_model(bn_eval)
-    before = state(model)
+    before = model_snapshot(model)
     reference = copy.deepcopy(model)
     CALLS[name](model)
-    after = state(model)
+    after = model_snapshot(model)
     if name == "nlm_cosine(tensor)":  # the caller built the loss (its forward moved the statistics), not us
         before["buffers"], after["buffers"] = {}, {}
     assert_same(before, after)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from model_state import assert_same, snapshot
 from torch import nn
 
 from labkit.hessian import (
@@ -51,28 +52,10 @@ def awkward_model() -> tuple[nn.Sequential, list[int], tuple[torch.Tensor, torch
     return model, calls, (x, y)
 
 
-def snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "params": [p.detach().clone() for p in model.parameters()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "flags": [p.requires_grad for p in model.parameters()],
-        "modes": [m.training for m in model.modules()],
-        "buffers": [b.clone() for b in model.buffers()],
-        "objects": [id(p) for p in model.parameters()],
-    }
 
 
 def assert_as_found(model: nn.Module, before: dict[str, Any], calls: list[int]) -> None:
-    after = snapshot(model)
-    for a, b in zip(after["params"], before["params"], strict=True):
-        assert torch.equal(a, b), "a parameter changed"
-    for a, b in zip(after["grads"], before["grads"], strict=True):
-        assert (a is None and b is None) or torch.equal(a, b), ".grad changed"
-    assert after["flags"] == before["flags"], "requires_grad changed"
-    assert after["modes"] == before["modes"], "a submodule's train/eval mode changed"
-    for a, b in zip(after["buffers"], before["buffers"], strict=True):
-        assert torch.equal(a, b), "a buffer (BatchNorm running statistics) changed"
-    assert after["objects"] == before["objects"]
+    assert_same(before, snapshot(model))
     fired = calls[0]
     with torch.no_grad():
         model.eval()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,22 @@ def _claims_hold(record: Path) -> bool:
     return not any(c["verdict"] == "NOT REPRODUCED" for c in json.loads(record.read_text())["claims"])
 
 
+@contextlib.contextmanager
+def kernel_environment(env: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the kernels started in the block (they inherit them), then restore them.
+    Process-wide: never run two notebooks at once in one process."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, device: str = "auto",
                  timeout: int = 900) -> RunResult:
     """Execute one notebook with papermill (parameters SEED, SCALE, DEVICE) into ``out_dir``."""
@@ -77,26 +95,19 @@ def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, de
     inputs = run_inputs(info, seed=seed, scale=scale, device=device)
     env = dict(LABKIT_RESULTS_DIR=str(results_dir.resolve()), LABKIT_NOTEBOOK=info.name,
                LABKIT_SEED=str(seed), LABKIT_SCALE=scale, LABKIT_PROGRESS="0")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits these; restored below
     target = out_dir / info.pillar / info.path.name
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    try:
-        pm.execute_notebook(str(info.path), str(target), parameters={"SEED": seed, "SCALE": scale, "DEVICE": device},
-                            cwd=str(info.path.parent), execution_timeout=timeout, progress_bar=False,
-                            kernel_name="python3")
-    except Exception as exc:  # papermill re-raises the notebook's error: keep the last line readable
-        message = str(exc).strip().splitlines()
-        result = RunResult(info.name, time.perf_counter() - start, False, message[-1] if message else repr(exc))
-    else:
-        result = RunResult(info.name, time.perf_counter() - start, True)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with kernel_environment(env):
+        try:
+            pm.execute_notebook(str(info.path), str(target), cwd=str(info.path.parent), execution_timeout=timeout,
+                                parameters={"SEED": seed, "SCALE": scale, "DEVICE": device}, progress_bar=False,
+                                kernel_name="python3")
+        except Exception as exc:  # papermill re-raises the notebook's error: keep the last line readable
+            message = str(exc).strip().splitlines()
+            result = RunResult(info.name, time.perf_counter() - start, False, message[-1] if message else repr(exc))
+        else:
+            result = RunResult(info.name, time.perf_counter() - start, True)
     ok = result.ok and _claims_hold(record_path(results_dir, info.name))
     write_json_atomic(state, {"inputs": inputs, "ok": ok, "seconds": round(result.seconds, 2), "error": result.error})
     return result

@@ -13,7 +13,6 @@ variables for its kernel, so two tasks never share a process (one thread per wor
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 from labkit.catalog import NotebookInfo
 from labkit.repro import slugify, write_json_atomic
+from labkit.runner import kernel_environment
 
 EXECUTORS = ("process", "dask")
 
@@ -84,22 +84,15 @@ def run_task(task: Task) -> TaskResult:
         results, target = folder / "claims", folder / "executed.ipynb"
         env = dict(LABKIT_RESULTS_DIR=str(results), LABKIT_NOTEBOOK=task.name, LABKIT_SEED=str(task.seed),
                    LABKIT_SCALE=task.scale, LABKIT_PROGRESS="0")
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # the kernel inherits these: one task per process at a time
         start, error = time.perf_counter(), None
-        try:
-            pm.execute_notebook(str(source), str(target), cwd=str(source.parent), execution_timeout=task.timeout,
-                                parameters={"SEED": task.seed, "SCALE": task.scale, "DEVICE": task.device},
-                                progress_bar=False, kernel_name="python3")
-        except Exception as exc:  # papermill re-raises the notebook's error: keep its last line
-            lines = str(exc).strip().splitlines()
-            error = lines[-1] if lines else repr(exc)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with kernel_environment(env):  # one task per process at a time: the kernel inherits these
+            try:
+                pm.execute_notebook(str(source), str(target), cwd=str(source.parent), progress_bar=False,
+                                    parameters={"SEED": task.seed, "SCALE": task.scale, "DEVICE": task.device},
+                                    execution_timeout=task.timeout, kernel_name="python3")
+            except Exception as exc:  # papermill re-raises the notebook's error: keep its last line
+                lines = str(exc).strip().splitlines()
+                error = lines[-1] if lines else repr(exc)
         seconds = time.perf_counter() - start
         record_file = results / f"{slugify(task.name)}.json"
         record = json.loads(record_file.read_text()) if record_file.exists() else None
