@@ -179,7 +179,7 @@ def denoiser_gaps(
 ) -> DenoiserGaps:
     """Noise the clean probes ``x0`` to each level (``x = x0 + sigma * eps``), run every denoiser
     (called as ``D(x, sigma)``) and measure the relative gap of each pair (Wang & Vastola, 2024,
-    https://arxiv.org/abs/2311.10892: how Gaussian a learned score is at each noise level)."""
+    https://arxiv.org/abs/2412.09726: how Gaussian a learned score is at each noise level)."""
     if not isinstance(denoisers, Mapping) or not denoisers:
         raise ValueError("denoisers must be a non-empty mapping {name: denoiser(x, sigma)}")
     for name, d in denoisers.items():

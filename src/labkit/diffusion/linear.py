@@ -153,7 +153,7 @@ def gaussian_teleport(
     """Solve the probability-flow ODE of ``N(mean, cov)`` exactly from ``sigma_from`` to ``sigma_to``:
     ``mean + U diag(sqrt((l + sigma_to^2) / (l + sigma_from^2))) U^T (x - mean)``.
 
-    Wang & Vastola (2024, https://arxiv.org/abs/2311.10892) use it for "analytical teleportation":
+    Wang & Vastola (2024, https://arxiv.org/abs/2412.09726) use it for "analytical teleportation":
     the early, nearly linear part of sampling is replaced by this closed form.
     """
     _check_gaussian(mean, cov, "gaussian_teleport")
