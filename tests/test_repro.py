@@ -73,3 +73,35 @@ def test_checks_are_recorded_and_counted_apart_from_claims(tmp_path, monkeypatch
     text, ok = write_report(tmp_path, [RunResult("sam/01_x", 1.0, True)], seed=0, scale="teach")
     assert ok and text.rstrip().endswith("1 reproduced, 0 not reproduced (known at this scale); checks: 1 passed")
     assert "FAILED" in summary_line([Check("b", "s", measured=1, criterion="c", holds=False)], False)
+
+
+def _sweep_payload():
+    return {"seeds": [0, 1], "scale": "teach", "claims": [
+        {"notebook": "p/01_a", "name": "gap", "kind": "claim", "expected": True, "criterion": "gap < 1",
+         "seeds": [0, 1], "holds": [True, False], "measured": [0.5, 1.25], "verdict": "fragile"},
+        {"notebook": "p/02_b", "name": "other", "kind": "check", "expected": True, "criterion": "x == 0",
+         "seeds": [0, 1], "holds": [True, True], "measured": [0, 0], "verdict": "robust"}]}
+
+
+def test_seed_table_shows_one_notebook_of_the_sweep(tmp_path):
+    from labkit.repro import seed_table
+
+    path = tmp_path / "ROBUSTNESS.json"
+    path.write_text(json.dumps(_sweep_payload()))
+    table = seed_table("p/01_a", path=path)
+    text = str(table)
+    assert "gap" in text and "other" not in text
+    assert "1.25 ✗" in text and "seed 1" in text and "fragile" in text
+    html_text = table._repr_html_()
+    assert "<table>" in html_text and "1.25 ✗" in html_text and "make robustness" in html_text
+
+
+def test_seed_table_says_when_the_sweep_lacks_the_notebook(tmp_path):
+    from labkit.repro import seed_table
+
+    path = tmp_path / "ROBUSTNESS.json"
+    path.write_text(json.dumps(_sweep_payload()))
+    assert "no rows" in str(seed_table("p/03_new", path=path))
+    assert "no rows" in str(seed_table("p/03_new", path=tmp_path / "absent.json"))
+    with pytest.raises(ValueError, match="notebook"):
+        seed_table("01_a", path=path)

@@ -53,6 +53,10 @@ def check_report(out: Path) -> None:
     text = (out / "robustness.md").read_text()
     assert "checks (identities, by construction): 2" in text and "fragile" in text
     assert (out / "seed-1" / "sam" / "02_seed_one_fails.ipynb").exists()
+    runs = {(r["notebook"], r["seed"]): r for r in report["runs"]}
+    assert len(runs) == 4 and runs[("sam/02_seed_one_fails", 1)]["ok"] is False
+    assert report["wall_seconds"] >= max(r["seconds"] for r in runs.values()) > 0
+    assert "Wall time of the sweep" in text and "seconds per seed" in text
 
 
 def test_parse_seeds():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from labkit.catalog import PILLARS, NotebookInfo, discover, read_info, repo_root, update_readme
@@ -110,8 +111,10 @@ def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path) -> in
     print(f"labkit reproduce: {len(infos)} notebook(s) x seeds {seeds}, scale {args.scale}, device {args.device}, "
           f"{args.executor} executor on {where} -> {out}/")
     tasks = make_tasks(infos, seeds, scale=args.scale, device=args.device, timeout=args.timeout)
+    began = time.perf_counter()
     results = execute(tasks, executor=args.executor, jobs=args.jobs, address=args.address)
-    text, ok = write_robustness(out, results, seeds=seeds, scale=args.scale)
+    text, ok = write_robustness(out, results, seeds=seeds, scale=args.scale,
+                                wall_seconds=time.perf_counter() - began)
     print()
     print(text)
     print(f"report: {out / 'robustness.md'} and {out / 'robustness.json'}, records under {out}/seed-<K>/")

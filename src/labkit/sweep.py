@@ -149,7 +149,7 @@ def verdict(holds: Sequence[bool]) -> str:
 
 
 def write_robustness(out_dir: Path, results: Sequence[TaskResult], *, seeds: Sequence[int],
-                     scale: str) -> tuple[str, bool]:
+                     scale: str, wall_seconds: float | None = None) -> tuple[str, bool]:
     """Write ``robustness.json`` / ``.md`` and each task's record and executed notebook under ``out_dir``;
     return (markdown, every expected claim held on every seed and every notebook ran)."""
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
@@ -178,7 +178,11 @@ def write_robustness(out_dir: Path, results: Sequence[TaskResult], *, seeds: Seq
         c["verdict"] = verdict(c["holds"]) if not missing else f"{verdict(c['holds'])} ({missing} seed(s) missing)"
     bad = [c for c in claims if c["expected"] and c["kind"] == "claim" and not all(c["holds"])]
     ok = not bad and not failures and all(len(c["holds"]) == len(seeds) for c in claims) and bool(results)
-    payload = {"seeds": list(seeds), "scale": scale, "ok": ok, "failures": failures, "claims": claims}
+    runs = [{"notebook": r.name, "seed": r.seed, "seconds": round(r.seconds, 1), "ok": r.ok}
+            for r in sorted(results, key=lambda r: (r.name, r.seed))]
+    payload = {"seeds": list(seeds), "scale": scale, "ok": ok, "failures": failures,
+               "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1), "runs": runs,
+               "claims": claims}
     write_json_atomic(out_dir / "robustness.json", payload)
     text = robustness_markdown(payload)
     (out_dir / "robustness.md").write_text(text)
@@ -201,6 +205,9 @@ def robustness_markdown(payload: dict[str, Any]) -> str:
     lines.append(f"Claims: {len(claims)} ({len(expected)} expected to hold: {robust} robust over every seed, "
                  f"{len(expected) - robust} not); claims known not to reproduce: {len(claims) - len(expected)}; "
                  f"checks (identities, by construction): {len(checks)}.")
+    if payload.get("wall_seconds") is not None:
+        lines.append(f"Wall time of the sweep: {payload['wall_seconds'] / 60:.1f} min "
+                     f"({len(payload.get('runs', []))} notebook runs).")
     lines.append("")
     lines.append("| notebook | claim | kind | expected | criterion | measured per seed | verdict |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -209,6 +216,12 @@ def robustness_markdown(payload: dict[str, Any]) -> str:
                              for s, m, h in zip(c["seeds"], c["measured"], c["holds"], strict=True))
         lines.append(f"| {c['notebook']} | {c['name']} | {c['kind']} | {'yes' if c['expected'] else 'no'} | "
                      f"{c['criterion']} | {measured} | {c['verdict']} |".replace("\n", " "))
+    if payload.get("runs"):
+        lines += ["", "| notebook | seconds per seed |", "|---|---|"]
+        times: dict[str, list[str]] = {}
+        for r in payload["runs"]:
+            times.setdefault(r["notebook"], []).append(f"{r['seed']}: {r['seconds']:.0f}{'' if r['ok'] else ' ✗'}")
+        lines += [f"| {name} | {'; '.join(t)} |" for name, t in times.items()]
     if payload["failures"]:
         lines += ["", "Notebooks that failed:", *[f"- {f}" for f in payload["failures"]]]
     lines += ["", "EVERY EXPECTED CLAIM ROBUST OVER ALL SEEDS" if payload["ok"] else
