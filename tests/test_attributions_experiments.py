@@ -121,7 +121,19 @@ def test_explainer_reuses_the_same_noise_draws():
     with pytest.raises(TypeError, match="method"):
         explainer(None, model)
     with pytest.raises(TypeError, match="generator"):
-        explainer(smoothgrad, model, generator=torch.Generator())
+        explainer(smoothgrad, model, generator=5)
+
+
+def test_explainer_with_one_generator_draws_fresh_noise_at_every_call():
+    torch.manual_seed(0)
+    model = cnn(1, 3, channels=(4,), image_size=8).double()
+    x, t = torch.rand(2, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 2])
+    fresh = explainer(smoothgrad, model, samples=3, generator=torch.Generator().manual_seed(5))
+    first, second = fresh(x, t), fresh(x, t)
+    assert not torch.equal(first, second)
+    stream = torch.Generator().manual_seed(5)
+    torch.testing.assert_close(first, smoothgrad(model, x, t, samples=3, generator=stream), atol=0, rtol=0)
+    torch.testing.assert_close(second, smoothgrad(model, x, t, samples=3, generator=stream), atol=0, rtol=0)
 
 
 def test_own_digit_rate_oracle_and_wrong_canvas():

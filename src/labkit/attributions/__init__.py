@@ -39,6 +39,7 @@ from labkit.attributions.layers import (
     max_min_class_correlation,
     pointing_game,
 )
+from labkit.attributions.lrp import lrp_epsilon
 from labkit.attributions.metrics import (
     Curve,
     RoarResult,
@@ -77,6 +78,7 @@ __all__ = [
     "integrated_gradients_with_delta",
     "layer_activation_and_grad",
     "layer_maps",
+    "lrp_epsilon",
     "map_correlation",
     "max_min_class_correlation",
     "max_sensitivity",

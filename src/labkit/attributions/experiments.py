@@ -168,17 +168,22 @@ def explainer(
     method: Callable[..., torch.Tensor],
     model: nn.Module,
     *,
-    generator: Callable[[], torch.Generator] | None = None,
+    generator: torch.Generator | Callable[[], torch.Generator] | None = None,
     **options: object,
 ) -> Explain:
     """``explain(x, target) = method(model, x, target, **options)``, the form ``max_sensitivity`` takes.
 
-    With ``generator`` (a zero-argument factory such as ``lambda: run.generator("smoothgrad")``) every
-    call draws its noise from a fresh generator: the same draws at every input, so a change of the map
-    measures the input's change, not a new Monte-Carlo sample (Yeh et al., 2019 smooth with fixed draws too).
+    ``generator`` says where a noisy method (``smoothgrad``) draws its noise:
+
+    - a ``torch.Generator`` (e.g. ``run.generator("smoothgrad")``): one stream, continued at every call, so
+      ``x`` and every ``x + d`` get *fresh* draws: the explanation as a user would compute it, Monte-Carlo
+      error included (what Yeh et al., 2019, Sec. 4 smooth: the expectation, estimated by sampling);
+    - a zero-argument factory (``lambda: run.generator("smoothgrad")``): a new generator at every call,
+      hence the *same* draws at every input, so a change of the map measures the input's change only.
     """
-    if generator is not None and not callable(generator):
-        raise TypeError(f"generator must be a zero-argument factory of torch.Generator, got {type(generator).__name__}")
+    if generator is not None and not isinstance(generator, torch.Generator) and not callable(generator):
+        raise TypeError("generator must be a torch.Generator (fresh draws at every call) or a zero-argument "
+                        f"factory of torch.Generator (the same draws at every call), got {type(generator).__name__}")
     extra = {} if generator is None else {"generator": None}
     check_callable(method, "method", (model, None, None), {**options, **extra},
                    "method(model, x, target, **options) such as saliency or smoothgrad")
@@ -186,7 +191,8 @@ def explainer(
     def explain(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if generator is None:
             return method(model, x, target, **options)
-        return method(model, x, target, generator=generator(), **options)
+        gen = generator if isinstance(generator, torch.Generator) else generator()
+        return method(model, x, target, generator=gen, **options)
 
     return explain
 
