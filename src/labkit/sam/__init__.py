@@ -1,5 +1,6 @@
 """Sharpness-aware minimization: SAM, ASAM, norm-only SAM (``optim``), sharpness measures (``sharpness``),
-label noise (``noise``) and the notebooks' experiments (``experiments``).
+label noise (``noise``), test-set noise and bootstrap intervals (``stats``) and the notebooks' experiments
+(``experiments``).
 
 References: Foret et al. (2021) https://arxiv.org/abs/2010.01412; Kwon et al. (2021)
 https://arxiv.org/abs/2102.11600; Mueller et al. (2023) https://arxiv.org/abs/2306.04226;
@@ -28,10 +29,12 @@ from labkit.sam.sharpness import (
     hessian_trace,
     worst_case_sharpness,
 )
+from labkit.sam.stats import TauInterval, binomial_se, bootstrap_tau, kendall_tau_b, paired_se
 
 __all__ = [
     "MEASURES", "NORM_LAYER_TYPES", "OPTIMIZERS", "SAM", "MatchedSharpness", "SharpnessMeasures", "TopEigenvalue",
-    "TraceEstimate", "Trained", "frozen_running_stats", "hessian_top_eigenvalue", "hessian_trace", "kendall_tau",
+    "TauInterval", "TraceEstimate", "Trained", "binomial_se", "bootstrap_tau", "kendall_tau_b", "paired_se",
+    "frozen_running_stats", "hessian_top_eigenvalue", "hessian_trace", "kendall_tau",
     "make_optimizer", "matched_loss_sharpness", "noisy_labels", "norm_only_sam", "norm_parameters",
     "sharpness_measures", "snapshot_top_eigenvalue", "train_from", "worst_case_sharpness",
 ]
