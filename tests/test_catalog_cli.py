@@ -57,6 +57,9 @@ def test_bad_metadata_is_a_clear_error(tmp_path):
     (["reproduce", "--device", "tpu"], "--device: device must be"),
     (["reproduce", "--timeout", "0"], "--timeout must be at least 1"),
     (["reproduce", "--root", "/nonexistent"], "has no notebooks/ folder"),
+    (["reproduce", "--max-minutes", "0"], "--max-minutes must be a positive number"),
+    (["reproduce", "--max-minutes", "nan"], "--max-minutes must be a positive number"),
+    (["cost", "--from", "/nonexistent"], "holds no summary.json"),
     (["notebooks"], "the following arguments are required: dest"),
 ])
 def test_bad_options_are_usage_errors_before_any_kernel_starts(args, message, tmp_path):
@@ -66,6 +69,32 @@ def test_bad_options_are_usage_errors_before_any_kernel_starts(args, message, tm
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr + proc.stdout
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.notebook
+def test_cost_is_recorded_from_a_report_and_max_minutes_skips_what_is_over_budget(tmp_path, capsys):
+    """`labkit cost --write` puts the measured time into the notebook's metadata; `--max-minutes` then skips
+    (and lists) a notebook whose recorded time is over budget instead of passing it silently."""
+    import json
+
+    path = tiny_workbook(tmp_path / "wb", "")
+    root, out = tmp_path / "wb", tmp_path / "out"
+    base = ["reproduce", "--root", str(root), "--out", str(out), "--device", "cpu"]
+    assert main(base) == 0
+    assert main(["cost", "--root", str(root), "--from", str(out)]) == 0  # a dry run writes nothing
+    assert read_info(path).cost == {}
+    assert main(["cost", "--root", str(root), "--from", str(out), "--write"]) == 0
+    seconds = read_info(path).cost["teach"]["cpu"]
+    assert seconds > 0 and "grokking/01_tiny" in capsys.readouterr().out
+    assert main([*base, "--max-minutes", str(2 * seconds / 60)]) == 0  # within budget: it runs
+    assert "ok    grokking/01_tiny" in capsys.readouterr().out
+    assert main([*base, "--max-minutes", str(seconds / 120)]) == 0  # over budget: skipped and listed
+    printed = capsys.readouterr().out
+    assert "skipped: needs ~" in printed and "CPU at SCALE='teach'" in printed and "ok    grokking" not in printed
+    assert "SKIPPED by --max-minutes" in (out / "claims.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["notebooks"][0]["skipped"].startswith("skipped: needs")
+    assert main([*base, "--scale", "paper", "--max-minutes", "0.001"]) == 0  # never measured at paper: it runs
+    assert "ok    grokking/01_tiny" in capsys.readouterr().out
 
 
 def test_help_documents_the_exit_codes():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PILLARS = ("attributions", "hessian", "grokking", "diffusion", "sam")
@@ -23,6 +23,7 @@ class NotebookInfo:
     year: int
     url: str
     claim: str
+    cost: dict = field(default_factory=dict, compare=False, hash=False)  # scale -> {"cpu"|"cuda": seconds}
 
     @property
     def name(self) -> str:
@@ -56,7 +57,10 @@ def read_info(path: Path) -> NotebookInfo:
         raise ValueError(f"{path}: metadata.labkit lacks {missing}")
     if meta["pillar"] not in PILLARS:
         raise ValueError(f"{path}: pillar must be one of {PILLARS}, got {meta['pillar']!r}")
-    return NotebookInfo(path=path, **{k: meta[k] for k in REQUIRED_KEYS})
+    cost = meta.get("cost", {})
+    if not isinstance(cost, dict) or not all(isinstance(v, dict) for v in cost.values()):
+        raise ValueError(f"{path}: metadata.labkit.cost must map a scale to {{device kind: seconds}}, got {cost!r}")
+    return NotebookInfo(path=path, **{k: meta[k] for k in REQUIRED_KEYS}, cost=cost)
 
 
 def discover(root: Path | None = None, *, pillar: str | None = None) -> list[NotebookInfo]:
@@ -73,12 +77,15 @@ def discover(root: Path | None = None, *, pillar: str | None = None) -> list[Not
 def readme_index(infos: list[NotebookInfo], root: Path | None = None) -> str:
     """The markdown table of notebooks that the README carries between the index markers."""
     root = root or repo_root()
-    lines = ["| pillar | notebook | paper | claim checked |", "|---|---|---|---|"]
+    from labkit.costs import format_minutes
+
+    lines = ["| pillar | notebook | paper | claim checked | CPU time: teach / paper |", "|---|---|---|---|---|"]
     for i in infos:
         rel = i.path.resolve().relative_to(root.resolve()).as_posix()
         paper = f"[{i.title}]({i.url}) — {i.authors}, {i.year}"
         claim = re.sub(r"\s+", " ", i.claim).replace("|", "\\|")
-        lines.append(f"| {i.pillar} | [{i.path.stem}]({rel}) | {paper} | {claim} |")
+        times = " / ".join(format_minutes(i.cost.get(s, {}).get("cpu")) for s in ("teach", "paper"))
+        lines.append(f"| {i.pillar} | [{i.path.stem}]({rel}) | {paper} | {claim} | {times} |")
     return "\n".join(lines)
 
 

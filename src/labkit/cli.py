@@ -1,4 +1,4 @@
-"""``python -m labkit list|reproduce|notebooks|index``: the workbook's command line.
+"""``python -m labkit list|reproduce|notebooks|cost|index``: the workbook's command line.
 
 Exit codes: 0 every expected claim reproduced (or the command did what it was asked), 1 a claim was not
 reproduced or a notebook failed, 2 a usage error (bad option values are refused before any kernel starts).
@@ -67,6 +67,8 @@ def _check_reproduce_options(args: argparse.Namespace) -> None:
         raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
     if args.timeout < 1:
         raise UsageError(f"--timeout must be at least 1 second, got {args.timeout}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UsageError(f"--max-minutes must be a positive number of minutes, got {args.max_minutes}")
     try:
         pick_device(args.device)
     except (ValueError, TypeError) as exc:
@@ -84,18 +86,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from labkit.runner import run_all, write_report
+    from labkit.costs import split_by_budget
+    from labkit.runner import RunResult, run_all, write_report
 
     _check_reproduce_options(args)
     root = _root(args)
     infos = _select(args, root)
     out = Path(args.out)
+    infos, skipped = split_by_budget(infos, scale=args.scale, device=args.device, max_minutes=args.max_minutes)
+    for s in skipped:
+        print(f"  {s.name}: {s.reason}")
     if args.seeds is not None:
-        return _sweep(args, infos, out)
+        return _sweep(args, infos, out, skipped)
     print(f"labkit reproduce: {len(infos)} notebook(s), seed {args.seed}, scale {args.scale}, "
           f"device {args.device}, {args.jobs} at a time -> {out}/")
     results = run_all(infos, out, seed=args.seed, scale=args.scale, device=args.device, jobs=args.jobs,
                       resume=args.resume, timeout=args.timeout)
+    results += [RunResult(s.name, 0.0, True, skip_reason=s.reason) for s in skipped]
     text, ok = write_report(out, results, seed=args.seed, scale=args.scale)
     print()
     print(text)
@@ -103,10 +110,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path) -> int:
+def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path, skipped: list) -> int:
     from labkit.sweep import execute, make_tasks, write_robustness
 
     seeds = args.seed_list
+    if not infos:
+        print("labkit reproduce: every selected notebook is over --max-minutes; nothing ran")
+        return 0
     where = args.address or f"{args.jobs} local worker(s)"
     print(f"labkit reproduce: {len(infos)} notebook(s) x seeds {seeds}, scale {args.scale}, device {args.device}, "
           f"{args.executor} executor on {where} -> {out}/")
@@ -114,7 +124,8 @@ def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path) -> in
     began = time.perf_counter()
     results = execute(tasks, executor=args.executor, jobs=args.jobs, address=args.address)
     text, ok = write_robustness(out, results, seeds=seeds, scale=args.scale,
-                                wall_seconds=time.perf_counter() - began)
+                                wall_seconds=time.perf_counter() - began,
+                                skipped={s.name: s.reason for s in skipped})
     print()
     print(text)
     print(f"report: {out / 'robustness.md'} and {out / 'robustness.json'}, records under {out}/seed-<K>/")
@@ -149,6 +160,20 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0 if args.write else 1
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    """Show (and with --write record) the measured time of each notebook from a report of labkit reproduce."""
+    from labkit.costs import record_costs
+
+    root = _root(args)
+    lines = record_costs(discover(root), Path(args.source), write=args.write)
+    if not lines:
+        raise UsageError(f"--from {args.source!r}: no notebook of this workbook ran to the end in that report")
+    print("\n".join(lines))
+    print(f"recorded in {len(lines)} notebook(s)' metadata.labkit.cost" if args.write else
+          "(pass --write to record these times in the notebooks' metadata.labkit.cost)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labkit", description="The labkit workbook's command line.",
                                      epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip notebooks that already reproduced in --out from the same notebook, labkit sources, "
                             "seed, scale and device (failed or changed ones run again)")
     p_rep.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (at least 1)")
+    p_rep.add_argument("--max-minutes", type=float, default=None, metavar="N",
+                       help="skip (and list) notebooks whose recorded time at this scale and device exceeds N "
+                            "minutes (metadata.labkit.cost, see `labkit cost`); unmeasured ones run")
     p_rep.add_argument("--root", help=root_help)
     p_rep.set_defaults(func=cmd_reproduce)
 
@@ -189,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_nb.add_argument("--force", action="store_true", help="overwrite notebooks already there")
     p_nb.add_argument("--root", help=root_help)
     p_nb.set_defaults(func=cmd_notebooks)
+
+    p_cost = sub.add_parser("cost", help="record the measured time of each notebook from a reproduce report")
+    p_cost.add_argument("--from", dest="source", default="build/report", help="the report folder (build/report)")
+    p_cost.add_argument("--write", action="store_true", help="write the times into the notebooks' metadata")
+    p_cost.add_argument("--root", help=root_help)
+    p_cost.set_defaults(func=cmd_cost)
 
     p_idx = sub.add_parser("index", help="check (or --write) the README's notebook index")
     p_idx.add_argument("--write", action="store_true")

@@ -23,6 +23,7 @@ class RunResult:
     ok: bool
     error: str | None = None
     skipped: bool = False
+    skip_reason: str | None = None  # left out by --max-minutes (never run, never counted as reproduced)
 
 
 def record_path(results_dir: Path, name: str) -> Path:
@@ -180,6 +181,10 @@ def write_report(out_dir: Path, results: list[RunResult], *, seed: int, scale: s
     claims = collect_claims(out_dir / "claims", [r.name for r in results])
     sections, rows, all_ok = [], [], True
     for r in results:
+        if r.skip_reason:
+            sections.append(f"## {r.name}  ({r.skip_reason})")
+            rows.append({"notebook": r.name, "seconds": None, "ok": None, "skipped": r.skip_reason, "claims": []})
+            continue
         nb_claims = claims.get(r.name, [])
         failed = (not r.ok) or any(c.failed for c in nb_claims) or not nb_claims
         all_ok &= not failed
@@ -194,7 +199,11 @@ def write_report(out_dir: Path, results: list[RunResult], *, seed: int, scale: s
         sections.append(f"{header}\n{body}")
         rows.append({"notebook": r.name, "seconds": round(r.seconds, 2), "ok": not failed, "error": r.error,
                      "claims": [c.__dict__ | {"kind": c.kind, "verdict": c.verdict} for c in nb_claims]})
-    verdict = summary_line([c for r in results for c in claims.get(r.name, [])], all_ok)
+    verdict = summary_line([c for r in results if not r.skip_reason for c in claims.get(r.name, [])], all_ok)
+    skipped = [r for r in results if r.skip_reason]
+    if skipped:
+        verdict += f"; {len(skipped)} notebook(s) SKIPPED by --max-minutes (not judged): " + \
+            ", ".join(r.name for r in skipped)
     text = f"# labkit reproduction report (seed {seed}, scale {scale})\n\n" + "\n\n".join(sections) + f"\n\n{verdict}\n"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "claims.md").write_text(text)

@@ -149,7 +149,8 @@ def verdict(holds: Sequence[bool]) -> str:
 
 
 def write_robustness(out_dir: Path, results: Sequence[TaskResult], *, seeds: Sequence[int],
-                     scale: str, wall_seconds: float | None = None) -> tuple[str, bool]:
+                     scale: str, wall_seconds: float | None = None,
+                     skipped: dict[str, str] | None = None) -> tuple[str, bool]:
     """Write ``robustness.json`` / ``.md`` and each task's record and executed notebook under ``out_dir``;
     return (markdown, every expected claim held on every seed and every notebook ran)."""
     by_key: dict[tuple[str, str], dict[str, Any]] = {}
@@ -182,6 +183,7 @@ def write_robustness(out_dir: Path, results: Sequence[TaskResult], *, seeds: Seq
             for r in sorted(results, key=lambda r: (r.name, r.seed))]
     payload = {"seeds": list(seeds), "scale": scale, "ok": ok, "failures": failures,
                "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1), "runs": runs,
+               "skipped": dict(skipped or {}),
                "claims": claims}
     write_json_atomic(out_dir / "robustness.json", payload)
     text = robustness_markdown(payload)
@@ -222,6 +224,9 @@ def robustness_markdown(payload: dict[str, Any]) -> str:
         for r in payload["runs"]:
             times.setdefault(r["notebook"], []).append(f"{r['seed']}: {r['seconds']:.0f}{'' if r['ok'] else ' ✗'}")
         lines += [f"| {name} | {'; '.join(t)} |" for name, t in times.items()]
+    if payload.get("skipped"):
+        lines += ["", "Notebooks skipped by --max-minutes (not judged):",
+                  *[f"- {name}: {why}" for name, why in payload["skipped"].items()]]
     if payload["failures"]:
         lines += ["", "Notebooks that failed:", *[f"- {f}" for f in payload["failures"]]]
     lines += ["", "EVERY EXPECTED CLAIM ROBUST OVER ALL SEEDS" if payload["ok"] else
