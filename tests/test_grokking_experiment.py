@@ -44,6 +44,18 @@ def test_fresh_model_is_seeded_and_leaves_the_global_generator_alone():
     assert torch.equal(ref.embedding, a.embedding)
     with pytest.raises(ValueError, match="seed"):
         fresh_model(11, seed=-1)
+    wide = fresh_model(11, seed=5, hidden=(16,), activation="quadratic", bias=False, dtype=torch.float64)
+    assert wide.embedding.dtype == torch.float64 and torch.equal(wide.embedding, a.embedding.double())
+    with pytest.raises(TypeError, match="dtype"):
+        fresh_model(11, seed=5, dtype=torch.float16)
+
+
+def test_modular_run_trains_float64_weights():
+    data = modular_arithmetic(11, train_fraction=0.5, seed=2)
+    r = modular_run(data, seed=3, hidden=(8, 8), bias=False, lr=1e-2, weight_decay=0.0, loss="stablemax",
+                    dtype=torch.float64, steps=3, eval_every=3, measures=("acc", "loss"), progress=False)
+    assert all(p.dtype == torch.float64 for p in r.model.parameters())
+    assert r.history.steps[-1] == 3
 
 
 def test_modular_run_equals_the_three_steps_written_out():

@@ -10,6 +10,7 @@ from labkit.grokking import (
     feature_purity,
     fourier_concentration,
     fourier_power,
+    frequency_coverage,
     grok_step,
     key_frequencies,
     make_optimizer,
@@ -158,6 +159,21 @@ def test_feature_purity_and_node_frequencies_on_pure_nodes():
     assert node_spectra(torch.stack([e, e])).shape == (4, p // 2)
     noisy = torch.randn(p, 200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert 0.2 < feature_purity(noisy) < 0.6
+
+
+def test_frequency_coverage_counts_single_frequency_nodes():
+    p = 13
+    a = torch.arange(p, dtype=torch.float64)
+    freqs = torch.tensor([1, 4, 6, 4])
+    pure = torch.cos(2 * math.pi * freqs[None, :] * a[:, None] / p)  # four single-frequency nodes
+    mixed = torch.cos(2 * math.pi * a / p) + 0.5 * torch.cos(2 * math.pi * 3 * a / p)  # 0.8 of its power at 1
+    e = torch.cat([pure, mixed[:, None], torch.zeros(p, 1, dtype=torch.float64)], dim=1)  # + a dead node
+    assert frequency_coverage(e).tolist() == [2, 0, 0, 2, 0, 1]
+    assert frequency_coverage(e, purity=0.9).tolist() == [1, 0, 0, 2, 0, 1]
+    assert frequency_coverage(torch.stack([e, e])).tolist() == [2, 0, 0, 2, 0, 1]
+    for bad in (0.0, 1.5, math.nan):
+        with pytest.raises(ValueError, match="purity"):
+            frequency_coverage(e, purity=bad)
 
 
 def test_progress_lead_on_a_crafted_history():

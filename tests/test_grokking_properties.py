@@ -27,6 +27,7 @@ from labkit.grokking import (
     PerpGrad,
     TwoLayerReLU,
     feature_purity,
+    frequency_coverage,
     fourier_concentration,
     fourier_power,
     fresh_model,
@@ -398,6 +399,7 @@ FOURIER: dict[str, tuple[Callable[..., Any], tuple[int, ...] | None]] = {
     "fourier_power": (fourier_power, (P // 2 + 1,)), "fourier_concentration": (fourier_concentration, ()),
     "key_frequencies": (key_frequencies, None), "node_spectra": (node_spectra, (3, P // 2)),
     "feature_purity": (feature_purity, ()), "node_frequencies": (node_frequencies, (3,)),
+    "frequency_coverage": (frequency_coverage, (P // 2,)),
 }
 
 

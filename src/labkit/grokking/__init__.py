@@ -23,6 +23,7 @@ from labkit.grokking.progress import (
     feature_purity,
     fourier_concentration,
     fourier_power,
+    frequency_coverage,
     grok_step,
     key_frequencies,
     nlm_cosine,
@@ -57,7 +58,7 @@ from labkit.grokking.xor import (
 __all__ = [
     "GradientFilter", "GrokRun", "GrokSummary", "GrokfastEMA", "ModularSplit", "OneHotMLP",
     "OneLayerTransformer", "PerpGrad", "TwoLayerReLU", "XorClusters", "classification_loss",
-    "feature_purity", "fourier_concentration", "fourier_power", "fresh_model", "grok_step",
+    "feature_purity", "fourier_concentration", "fourier_power", "frequency_coverage", "fresh_model", "grok_step",
     "key_frequencies", "log_spaced_steps", "log_stablemax", "logistic_loss", "make_optimizer",
     "modular_arithmetic", "modular_run", "mse_one_hot_loss", "nlm_cosine", "node_frequencies",
     "node_spectra", "parameter_drift", "perpendicular_gradient", "plane_decision_maps", "progress_lead", "snapshot",

@@ -242,18 +242,22 @@ def check_data(model: nn.Module, data: Split, name: str = "data") -> None:
 
 
 def fresh_model(p: int, *, seed: int, hidden: Sequence[int] = (128, 128), activation: str = "relu",
-                bias: bool = True, device: str | torch.device = "cpu") -> OneHotMLP:
+                bias: bool = True, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> OneHotMLP:
     """A :class:`OneHotMLP` for residues mod ``p`` initialised from ``seed`` (torch's default init under a
     seeded global generator, restored afterwards): the same seed gives the same network, so runs that
     differ only in their optimizer or loss start from the same weights (Power et al., 2022; Prieto et
-    al., 2025). In a notebook: ``fresh_model(p, seed=run.seed_for("init"), ...)``."""
+    al., 2025). In a notebook: ``fresh_model(p, seed=run.seed_for("init"), ...)``. ``dtype`` (float32 or float64)
+    is that of the weights: Prieto et al. train some runs in float64 (the init is drawn in float32, then cast)."""
     check_seed(seed)
     checks.integer(p, "p", low=2)
     device = pick_device(device)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = OneHotMLP(p, hidden=hidden, activation=activation, bias=bias)
-    return model.to(device)
+    return model.to(device=device, dtype=dtype)
 
 
 def modular_run(
@@ -269,10 +273,11 @@ def modular_run(
     weight_decay: float = 1.0,
     betas: tuple[float, float] = BETAS,
     eps: float | None = None,
+    dtype: torch.dtype = torch.float32,
     **train_options: Any,
 ) -> GrokRun:
     """One grokking experiment on a modular-arithmetic split: :func:`fresh_model` from ``seed`` (on the
-    data's device), :func:`make_optimizer` (``optimizer``, ``lr``, ``weight_decay``, ``betas``, ``eps``)
+    data's device, weights in ``dtype``), :func:`make_optimizer` (``optimizer``, ``lr``, ``weight_decay``, ``betas``, ``eps``)
     and :func:`train_grokking` for ``steps`` full-batch steps; ``train_options`` go to
     :func:`train_grokking` (``loss``, ``eval_every``, ``measures``, ``spectrum``, ``stop_after_grok``,
     ``snapshots``, ``desc``, ...). Power et al. (2022): AdamW, betas (0.9, 0.98), weight decay 1.
@@ -282,6 +287,6 @@ def modular_run(
     data.check("data")
     check_seed(seed)
     model = fresh_model(data.p, seed=seed, hidden=hidden, activation=activation, bias=bias,
-                        device=data.train_x.device)
+                        device=data.train_x.device, dtype=dtype)
     opt = make_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
     return train_grokking(model, data, optimizer=opt, steps=steps, **train_options)

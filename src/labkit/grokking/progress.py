@@ -242,6 +242,22 @@ def feature_purity(embedding: torch.Tensor) -> float:
     return (spec.max(dim=1).values[keep] / total[keep]).mean().item()
 
 
+def frequency_coverage(embedding: torch.Tensor, *, purity: float = 0.5) -> torch.Tensor:
+    """How many single-frequency hidden nodes each frequency 1..p//2 has: LongTensor (p//2,).
+
+    A node counts as a feature of frequency k when k holds at least ``purity`` of its Fourier power.
+    Tian (2025, arXiv:2509.21519), stage III (interactive feature learning): once nodes interact, the
+    back-propagated gradient focuses on the features still missing, so the learned features cover every
+    irreducible representation that the group task needs (a zero entry is a missing frequency).
+    """
+    checks.number(purity, "purity", low=0.0, high=1.0, low_open=True)
+    spec = node_spectra(embedding)
+    total = spec.sum(dim=1)
+    share = torch.where(total > 0, spec.max(dim=1).values / total.clamp_min(1e-300), torch.zeros_like(total))
+    dominant = spec.argmax(dim=1)
+    return torch.bincount(dominant[share >= purity], minlength=spec.shape[1])
+
+
 def node_frequencies(embedding: torch.Tensor) -> torch.Tensor:
     """The strongest frequency (1..p//2) of each hidden node: LongTensor (width,)."""
     return node_spectra(embedding).argmax(dim=1) + 1
