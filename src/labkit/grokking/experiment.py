@@ -277,8 +277,8 @@ def modular_run(
     **train_options: Any,
 ) -> GrokRun:
     """One grokking experiment on a modular-arithmetic split: :func:`fresh_model` from ``seed`` (on the
-    data's device, weights in ``dtype``), :func:`make_optimizer` (``optimizer``, ``lr``, ``weight_decay``, ``betas``, ``eps``)
-    and :func:`train_grokking` for ``steps`` full-batch steps; ``train_options`` go to
+    data's device, weights in ``dtype``), :func:`make_optimizer` (``optimizer``, ``lr``, ``weight_decay``,
+    ``betas``, ``eps``) and :func:`train_grokking` for ``steps`` full-batch steps; ``train_options`` go to
     :func:`train_grokking` (``loss``, ``eval_every``, ``measures``, ``spectrum``, ``stop_after_grok``,
     ``snapshots``, ``desc``, ...). Power et al. (2022): AdamW, betas (0.9, 0.98), weight decay 1.
     """
