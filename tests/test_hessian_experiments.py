@@ -161,15 +161,17 @@ def test_aligned_heads_train_and_report_accuracies():
     head = torch.nn.Linear(2, 1)
     assert binary_accuracy(head, *domains[0]) == pytest.approx(
         float(((head(domains[0][0])[:, 0] > 0).long() == domains[0][1]).float().mean()))
-    results = train_aligned_heads(domains, domains[0], methods={"ERM": (0.0, 0.0, None), "HGP": (1.0, 1.0, 2)},
-                                  steps=3, lr=0.5, generator=torch.Generator().manual_seed(1))
-    assert set(results) == {"ERM", "HGP"}
+    results = train_aligned_heads(domains, validation=domains[1], test=domains[0],
+                                  methods={"ERM": ("erm", 0.0, 0.0), "HGP": ("hgp", 1.0, 1.0),
+                                           "F": ("frobenius", 1.0, 1.0)},
+                                  steps=3, lr=0.5, probes=2, generator=torch.Generator().manual_seed(1))
+    assert set(results) == {"ERM", "HGP", "F"}
     r = results["ERM"]
     assert 0 <= r.test <= 1 and 0 <= r.train <= 1 and r.w_inv == float(r.head.weight[0, 0].detach())
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.test = 1.0
     with pytest.raises(ValueError, match="train_domains"):
-        train_aligned_heads([], domains[0], methods={}, steps=1, lr=0.1)
+        train_aligned_heads([], validation=domains[0], test=domains[0], methods={}, steps=1, lr=0.1)
 
 
 def _softmax_problem():

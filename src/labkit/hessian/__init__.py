@@ -15,7 +15,15 @@ naming the argument. Measurements leave the model as found (parameters, ``.grad`
 buffers, hooks): ``train_mode=True`` means batch statistics and active dropout, never updated running statistics.
 """
 
-from labkit.hessian.alignment import AlignmentPenalties, Domain, alignment_penalties, spurious_domain
+from labkit.hessian.alignment import (
+    AlignmentPenalties,
+    Domain,
+    alignment_penalties,
+    hessian_gradient_product,
+    hgp_penalties,
+    hutchinson_penalties,
+    spurious_domain,
+)
 from labkit.hessian.density import DensityResult, spectral_density
 from labkit.hessian.eigen import EigenResult, top_eigenvalues
 from labkit.hessian.exact import exact_hessian
@@ -87,6 +95,9 @@ __all__ = [
     "hessian_approximations",
     "HessianApproximation",
     "HessianOperator",
+    "hessian_gradient_product",
+    "hgp_penalties",
+    "hutchinson_penalties",
     "hutchinson_trace",
     "interpolation_direction",
     "LambdaOperator",

@@ -1,9 +1,20 @@
 """Gradient and Hessian alignment across training domains (Hemati, Zhang, Estiri and Chen, *Understanding
 Hessian Alignment for Domain Generalization*, ICCV 2023, arXiv:2308.11778), with a spurious-feature toy.
 
-``alignment_penalties`` returns the mean loss over domains and two differentiable penalties:
-``sum_e ||g_e - mean g||^2 / E`` and ``sum_e ||H_e - mean H||_F^2 / E`` (exact, for small heads) or its
-Hutchinson estimate ``E_v ||(H_e - mean H) v||^2`` from Hessian-vector products with Rademacher ``v``.
+The paper's two methods (Sec. "Efficient Hessian alignment"; the authors' code at
+github.com/huawei-noah/Federated-Learning, ``HessianAlignment``) add to the mean loss over the training
+domains ``alpha * Hessian term + beta * gradient term``, with the gradient term
+``sum_e ||g_e - g_bar||^2 / E`` (``g_bar`` the gradient of the mean loss) and the Hessian term
+
+- ``hgp_penalties`` (HGP): ``sum_e ||H_e g_e - H_bar g_bar||^2 / E``, the Hessian-gradient products, each
+  computed without a Hessian as ``H g = grad(0.5 ||g||^2)`` (one double backward per domain);
+- ``hutchinson_penalties`` (Hutchinson): ``sum_e ||D_e - D_bar||^2 / E`` with ``D_e`` the Hutchinson estimate
+  ``mean_v v * (H_e v)`` of the Hessian diagonal (Rademacher ``v``, shared by the domains), or the exact
+  diagonal with ``probes=None``.
+
+``alignment_penalties`` is the plain Frobenius distance ``sum_e ||H_e - H_bar||_F^2 / E`` of whole Hessians
+(exact, or Hutchinson's ``E_v ||(H_e - H_bar) v||^2``): the quantity the paper's bound is about, affordable
+only for tiny heads.
 """
 
 from __future__ import annotations
@@ -28,8 +39,8 @@ class Domain(NamedTuple):
 
 
 class AlignmentPenalties(NamedTuple):
-    """The mean loss over the domains and the two penalties of Hemati et al. (2023), all differentiable;
-    unpacks as ``loss, gradient_penalty, hessian_penalty``."""
+    """The mean loss over the domains, the gradient-alignment penalty and a Hessian-alignment penalty
+    (Hemati et al. 2023), all differentiable; unpacks as ``loss, gradient_penalty, hessian_penalty``."""
 
     loss: torch.Tensor
     gradient_penalty: torch.Tensor
@@ -129,3 +140,103 @@ def alignment_penalties(
     dev = ((h_all - h_all.mean(0)) ** 2).sum(dim=(1, 2))
     hess_pen = dev.mean() if vs is None else dev.mean() / len(vs)
     return AlignmentPenalties(torch.stack(losses).mean(), grad_pen, hess_pen)
+
+
+def _domain_gradients(
+    model: nn.Module,
+    loss_fn: LossFn,
+    domains: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    params: Sequence[nn.Parameter] | None,
+) -> tuple[list[nn.Parameter], list[torch.Tensor], list[torch.Tensor]]:
+    """Checked domains -> (chosen parameters, per-domain losses, per-domain flat gradients with graph)."""
+    if isinstance(domains, torch.Tensor) or not isinstance(domains, Sequence):
+        raise TypeError(f"domains must be a sequence of (inputs, targets) pairs, got {type(domains).__name__}")
+    if len(domains) < 2:
+        raise ValueError(f"domains must hold at least two (inputs, targets) pairs, got {len(domains)}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
+    chosen = resolve_params(model, params)
+    losses, grads = [], []
+    for i, domain in enumerate(domains):
+        name = f"domains[{i}]"
+        x, y = as_pair(domain, name)
+        checks.tensor(x, f"{name} inputs")
+        checks.tensor(y, f"{name} targets")
+        checks.same_dtype_as_model(x, model, f"{name} inputs")
+        try:
+            outputs = model(x)
+        except RuntimeError as exc:
+            if not any(word in str(exc).lower() for word in _inputs._SHAPE_WORDS):
+                raise
+            raise ValueError(f"{name} inputs of shape {tuple(x.shape)} do not fit the model: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        loss = checked_loss(loss_fn, outputs, y, name)
+        losses.append(loss)
+        grads.append(flatten(torch.autograd.grad(loss, chosen, create_graph=True)))
+    return chosen, losses, grads
+
+
+def _spread(vectors: list[torch.Tensor], centre: torch.Tensor) -> torch.Tensor:
+    """``sum_e ||v_e - centre||^2 / E``."""
+    return torch.stack([((v - centre) ** 2).sum() for v in vectors]).mean()
+
+
+def hessian_gradient_product(gradient: torch.Tensor, params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """``H g`` from a flat gradient ``g`` built with ``create_graph=True``: ``grad(0.5 ||g||^2)`` (Hemati et al.
+    2023, HGP), itself differentiable."""
+    return flatten(torch.autograd.grad(0.5 * gradient.pow(2).sum(), list(params), create_graph=True))
+
+
+def hgp_penalties(
+    model: nn.Module,
+    loss_fn: LossFn,
+    domains: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    params: Sequence[nn.Parameter] | None = None,
+) -> AlignmentPenalties:
+    """HGP (Hemati et al., ICCV 2023, arXiv:2308.11778): ``(mean loss, sum_e ||g_e - g_bar||^2 / E,
+    sum_e ||H_e g_e - H_bar g_bar||^2 / E)`` as :class:`AlignmentPenalties`, all differentiable in ``params``.
+
+    ``g_bar`` and ``H_bar`` belong to the mean loss over the domains; every ``H g`` is
+    :func:`hessian_gradient_product` (no Hessian is formed). The train objective is
+    ``loss + alpha * hessian_penalty + beta * gradient_penalty`` (the paper's alpha and beta). The caller's
+    ``param.grad`` is not touched.
+    """
+    chosen, losses, grads = _domain_gradients(model, loss_fn, domains, params)
+    g_bar = torch.stack(grads).mean(0)
+    products = [hessian_gradient_product(g, chosen) for g in grads]
+    return AlignmentPenalties(torch.stack(losses).mean(), _spread(grads, g_bar),
+                              _spread(products, hessian_gradient_product(g_bar, chosen)))
+
+
+def hutchinson_penalties(
+    model: nn.Module,
+    loss_fn: LossFn,
+    domains: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    probes: int | None,
+    params: Sequence[nn.Parameter] | None = None,
+    generator: torch.Generator | None = None,
+) -> AlignmentPenalties:
+    """Hutchinson (Hemati et al., ICCV 2023, arXiv:2308.11778): ``(mean loss, sum_e ||g_e - g_bar||^2 / E,
+    sum_e ||D_e - D_bar||^2 / E)`` as :class:`AlignmentPenalties`, differentiable in ``params``.
+
+    ``D_e`` is the Hutchinson estimate ``mean_v v * (H_e v)`` of the diagonal of domain ``e``'s Hessian with
+    ``probes`` Rademacher vectors drawn from ``generator`` and shared by the domains (so ``D_bar``, the estimate
+    for the mean loss, is the mean of the ``D_e``); ``probes=None`` takes the exact diagonals (``P`` double
+    backward passes per domain, for small heads). The caller's ``param.grad`` is not touched.
+    """
+    chosen, losses, grads = _domain_gradients(model, loss_fn, domains, params)
+    numel = sum(p.numel() for p in chosen)
+    if probes is None:
+        diagonals = [torch.stack([flatten(torch.autograd.grad(g[i], chosen, create_graph=True))[i]
+                                  for i in range(numel)]) for g in grads]
+    else:
+        checks.positive_int(probes, "probes")
+        check_generator(generator)
+        vs = rademacher((probes, numel), generator=generator, device=chosen[0].device, dtype=chosen[0].dtype)
+        diagonals = [torch.stack([v * flatten(torch.autograd.grad(g @ v, chosen, create_graph=True)) for v in vs])
+                     .mean(0) for g in grads]
+    g_bar = torch.stack(grads).mean(0)
+    return AlignmentPenalties(torch.stack(losses).mean(), _spread(grads, g_bar),
+                              _spread(diagonals, torch.stack(diagonals).mean(0)))

@@ -24,12 +24,23 @@ from labkit.hessian.experiments.curvature import (
     sharpness,
     width_class_spectra,
 )
-from labkit.hessian.experiments.domains import AlignedHead, binary_accuracy, logistic_loss, train_aligned_heads
+from labkit.hessian.experiments.domains import (
+    PENALTIES,
+    AlignedHead,
+    AlignmentTuning,
+    binary_accuracy,
+    logistic_loss,
+    penalty_terms,
+    train_aligned_heads,
+    tune_alignment,
+)
 from labkit.hessian.experiments.landscapes import DIRECTIONS, rescaled_copy, rescaling_curves
 from labkit.hessian.experiments.training import OPTIMIZERS, copy_generator, seeded_init, train_network
 
 __all__ = [
     "AlignedHead",
+    "AlignmentTuning",
+    "PENALTIES",
     "DIRECTIONS",
     "OPTIMIZERS",
     "SpectrumGrid",
@@ -40,11 +51,13 @@ __all__ = [
     "gradient_subspace_runs",
     "half_squared_error",
     "logistic_loss",
+    "penalty_terms",
     "rescaled_copy",
     "rescaling_curves",
     "seeded_init",
     "sharpness",
     "train_aligned_heads",
+    "tune_alignment",
     "train_network",
     "width_class_spectra",
 ]
