@@ -22,6 +22,7 @@ from labkit.attributions._common import (
     chunks,
     evaluating,
     finite_result,
+    fits_dtype,
     forward,
     resolve_chunk,
     target_score,
@@ -123,7 +124,9 @@ def max_sensitivity(
     t = check_target(target, x.shape[0], x.device)
     signature_checked = check_callable(explain, "explain", (x, t), {}, _EXPLAIN)
     samples = check_positive_int(samples, "samples")
-    radius = check_nonneg_float(radius, "radius")
+    radius = fits_dtype(check_nonneg_float(radius, "radius"), "radius", x.dtype)
+    if not bool(torch.isfinite(x.detach().abs().amax() + torch.tensor(radius, dtype=x.dtype, device=x.device))):
+        raise ValueError(f"radius={radius} moves x beyond the largest {x.dtype} value: lower radius")
     _check_bool(normalize, "normalize")
     gen = check_generator(generator, x.device)
     x = x.detach()
