@@ -7,6 +7,8 @@
 #                    -> build/sweep/robustness.md and robustness.json
 #   make robustness  the five-seed teach sweep, published to notebooks/ROBUSTNESS.{md,json} (the seed tables
 #                    the notebooks show come from there, never typed by hand)
+#   make student     the student edition (nbgrader: solutions become scaffolds) -> build/student/
+#   make site        a static site from make reproduce's report + syllabus + robustness (Sphinx) -> build/site/
 #   make lock        refresh requirements-lock.txt (every transitive pin) from requirements.txt with pip-compile
 
 PYTHON ?= python3
@@ -27,7 +29,7 @@ SEEDS  ?= 0-4
 EXECUTOR ?= dask
 ADDRESS ?=
 
-.PHONY: install reproduce sweep robustness test actionlint unit notebooks browser chromium lab bench lint strip clean lock
+.PHONY: install reproduce sweep robustness student site test actionlint unit notebooks browser chromium lab bench lint strip clean lock
 
 install: $(STAMP)
 
@@ -39,6 +41,10 @@ $(STAMP): $(LOCK) requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (labkit)" >/dev/null
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	$(VENV)/bin/jupyter server extension disable --sys-prefix nbgrader.server_extensions.formgrader \
+	  nbgrader.server_extensions.assignment_list nbgrader.server_extensions.course_list \
+	  nbgrader.server_extensions.validate_assignment >/dev/null
+	$(VENV)/bin/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null
 	touch $(STAMP)
 
 # Refresh the lock after changing requirements.txt (pip-compile resolves with pip, so torch stays the pinned one).
@@ -56,6 +62,13 @@ reproduce: install
 sweep: install
 	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --seeds $(SEEDS) --scale $(SCALE) --executor $(EXECUTOR) \
 	  --jobs $(JOBS) --out build/sweep $(if $(ADDRESS),--address $(ADDRESS))
+
+student: install
+	$(PY) -m labkit student --out build/student --force
+
+# From the executed notebooks of `make reproduce` (nothing is executed again).
+site: install
+	$(PY) -m labkit site --from build/report --out build/site
 
 # Publish the five-seed teach sweep next to the notebooks (only a sweep that ran: a failing claim is published too,
 # honestly, but the target still fails).

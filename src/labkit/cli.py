@@ -1,4 +1,4 @@
-"""``python -m labkit list|reproduce|notebooks|cost|index``: the workbook's command line.
+"""``python -m labkit list|reproduce|notebooks|cost|index|student|course|site``: the workbook's command line.
 
 Exit codes: 0 every expected claim reproduced (or the command did what it was asked), 1 a claim was not
 reproduced or a notebook failed, 2 a usage error (bad option values are refused before any kernel starts).
@@ -174,6 +174,39 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_student(args: argparse.Namespace) -> int:
+    """Write the student edition (nbgrader's preprocessors: solutions become scaffolds, check cells locked)."""
+    from labkit.course import write_student_edition
+
+    root = _root(args)
+    written = write_student_edition(discover(root, pillar=args.pillar), Path(args.out), force=args.force)
+    print(f"wrote {len(written)} student notebook(s) under {args.out}/ (solutions removed, check cells locked)")
+    return 0
+
+
+def cmd_course(args: argparse.Namespace) -> int:
+    """Check (or --write) notebooks/COURSE.md, the syllabus generated from the notebooks' metadata."""
+    from labkit.course import update_course
+
+    root = _root(args)
+    ok = update_course(root / "notebooks" / "COURSE.md", discover(root), write=args.write)
+    if ok:
+        print("notebooks/COURSE.md is up to date")
+        return 0
+    print("notebooks/COURSE.md rewritten" if args.write else
+          "notebooks/COURSE.md is out of date: run `python -m labkit course --write`")
+    return 0 if args.write else 1
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    """Build the static site from a report of labkit reproduce (no notebook is executed)."""
+    from labkit.site import build_site
+
+    index = build_site(Path(args.source), Path(args.out), root=_root(args))
+    print(f"site written to {args.out}/ (open {index})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labkit", description="The labkit workbook's command line.",
                                      epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,6 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_cost.add_argument("--root", help=root_help)
     p_cost.set_defaults(func=cmd_cost)
 
+    p_stu = sub.add_parser("student", help="write the student edition of the notebooks (nbgrader)")
+    p_stu.add_argument("--out", default="build/student", help="the folder to write (default: build/student)")
+    p_stu.add_argument("--pillar", choices=PILLARS)
+    p_stu.add_argument("--force", action="store_true", help="overwrite student notebooks already there")
+    p_stu.add_argument("--root", help=root_help)
+    p_stu.set_defaults(func=cmd_student)
+
+    p_course = sub.add_parser("course", help="check (or --write) the syllabus notebooks/COURSE.md")
+    p_course.add_argument("--write", action="store_true")
+    p_course.add_argument("--root", help=root_help)
+    p_course.set_defaults(func=cmd_course)
+
+    p_site = sub.add_parser("site", help="build the static site from a reproduce report (Sphinx + MyST-NB)")
+    p_site.add_argument("--from", dest="source", default="build/report", help="the report folder (build/report)")
+    p_site.add_argument("--out", default="build/site", help="the site folder (default: build/site)")
+    p_site.add_argument("--root", help=root_help)
+    p_site.set_defaults(func=cmd_site)
+
     p_idx = sub.add_parser("index", help="check (or --write) the README's notebook index")
     p_idx.add_argument("--write", action="store_true")
     p_idx.add_argument("--root", help=root_help)
@@ -235,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # argparse itself exits with 2 on unknown options
     try:
         return args.func(args)
-    except (UsageError, ValueError) as exc:
+    except (UsageError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
