@@ -62,10 +62,11 @@ def test_reproduce_notebook(info, tmp_path):
     assert_sweep_is_current(info.name, record["claims"])
 
 
-# Where a paper states something: "Fig. 3", "Table 2", "Sec. 4.1", "§5", "Eq. (7)", "Theorem 1", "Appendix B".
+# Where a paper states something: "Fig. 3", "Table 2", "Sec. 4.1", "§5", "Eq. (7)", "Theorem 1", "Appendix B",
+# or its abstract (where a paper gives its headline claims in words).
 PAPER_PLACE = re.compile(r"\b(Figs?|Figures?|Tables?|Tab|Secs?|Sections?|Eqs?|Equations?|Thm|Theorems?|Lemmas?|Props?|"
                          r"Propositions?|Corollary|Appendix|App|Alg|Algorithms?|Remark|Def|Definition)\b\.?\s*"
-                         r"(\(?[A-Z]?\d|[A-Z]\b)|§\s*\d")
+                         r"(\(?[A-Z]?\d|[A-Z]\b)|§\s*\d|\b[Aa]bstract\b")
 
 
 def assert_sweep_is_current(name, claims):
