@@ -10,11 +10,12 @@ generators (``generator=``, CPU by default: see :mod:`labkit.autograd`), typical
 
 One module per family: :mod:`~labkit.hessian.experiments.training` (seeded set-ups, ``train_network``),
 :mod:`~labkit.hessian.experiments.curvature` (notebooks 01, 02, 04),
-:mod:`~labkit.hessian.experiments.landscapes` (03) and :mod:`~labkit.hessian.experiments.domains` (05); the
-approximate-Newton study (06) lives in :mod:`labkit.hessian.newton` and the scalar networks in
-:mod:`labkit.hessian.scalar`.
+:mod:`~labkit.hessian.experiments.landscapes` and :mod:`~labkit.hessian.experiments.batch_size` (03) and
+:mod:`~labkit.hessian.experiments.domains` (05); the approximate-Newton study (06) lives in
+:mod:`labkit.hessian.newton` and the scalar networks in :mod:`labkit.hessian.scalar`.
 """
 
+from labkit.hessian.experiments.batch_size import BatchMinimum, LossRise, batch_size_minima, loss_rise, weight_norm
 from labkit.hessian.experiments.curvature import (
     SpectrumGrid,
     SubspaceRun,
@@ -39,18 +40,22 @@ from labkit.hessian.experiments.training import OPTIMIZERS, copy_generator, seed
 
 __all__ = [
     "AlignedHead",
+    "BatchMinimum",
+    "LossRise",
     "AlignmentTuning",
     "PENALTIES",
     "DIRECTIONS",
     "OPTIMIZERS",
     "SpectrumGrid",
     "SubspaceRun",
+    "batch_size_minima",
     "binary_accuracy",
     "copy_generator",
     "edge_of_stability_runs",
     "gradient_subspace_runs",
     "half_squared_error",
     "logistic_loss",
+    "loss_rise",
     "penalty_terms",
     "rescaled_copy",
     "rescaling_curves",
@@ -59,5 +64,6 @@ __all__ = [
     "train_aligned_heads",
     "tune_alignment",
     "train_network",
+    "weight_norm",
     "width_class_spectra",
 ]
