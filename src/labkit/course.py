@@ -156,8 +156,9 @@ def syllabus(infos: Sequence[NotebookInfo]) -> str:
             rel = f"{info.pillar}/{info.path.name}"
             lines.append(f"### [{info.title}]({rel}) ({info.authors}, {info.year})")
             lines.append("")
-            pre = ", ".join(f"`{p}`" for p in entry["prerequisites"]) or "none"
-            lines.append(f"- Prerequisites: notebooks {pre}; maths: {', '.join(entry['maths']) or 'none'}.")
+            pre = ", ".join(f"`{p}`" for p in entry["prerequisites"])
+            lines.append(f"- Prerequisites: {'notebooks ' + pre if pre else 'no earlier notebook'}; "
+                         f"maths: {', '.join(entry['maths']) or 'none'}.")
             teach = info.cost.get("teach", {}).get("cpu")
             lines.append(f"- Time at teach scale: {format_minutes(teach)}; graded exercises: {entry['exercises']}.")
             if entry["goals"]:
