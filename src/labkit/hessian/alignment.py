@@ -94,40 +94,16 @@ def alignment_penalties(
     measurement: the model runs as the caller left it (a train-mode BatchNorm updates its statistics, as in
     any training forward pass).
     """
-    if isinstance(domains, torch.Tensor) or not isinstance(domains, Sequence):
-        raise TypeError(f"domains must be a sequence of (inputs, targets) pairs, got {type(domains).__name__}")
-    if len(domains) < 2:
-        raise ValueError(f"domains must hold at least two (inputs, targets) pairs, got {len(domains)}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(outputs, targets), got {type(loss_fn).__name__}")
-    chosen = resolve_params(model, params)
-    checked = []
-    for i, domain in enumerate(domains):
-        x, y = as_pair(domain, f"domains[{i}]")
-        checks.tensor(x, f"domains[{i}] inputs")
-        checks.tensor(y, f"domains[{i}] targets")
-        checks.same_dtype_as_model(x, model, f"domains[{i}] inputs")
-        checked.append((x, y))
-    numel = sum(p.numel() for p in chosen)
-    losses, grads, hess_terms = [], [], []
-    vs = None
     if probes is not None:
         checks.positive_int(probes, "probes")
         check_generator(generator)
+    chosen, losses, grads = _domain_gradients(model, loss_fn, domains, params)
+    numel = sum(p.numel() for p in chosen)
+    vs = None
+    if probes is not None:
         vs = rademacher((probes, numel), generator=generator, device=chosen[0].device, dtype=chosen[0].dtype)
-    for i, (x, y) in enumerate(checked):
-        name = f"domains[{i}]"
-        try:
-            outputs = model(x)
-        except RuntimeError as exc:
-            if not any(word in str(exc).lower() for word in _inputs._SHAPE_WORDS):
-                raise
-            raise ValueError(f"{name} inputs of shape {tuple(x.shape)} do not fit the model: "
-                             f"{str(exc).splitlines()[0]}") from exc
-        loss = checked_loss(loss_fn, outputs, y, name)
-        g = flatten(torch.autograd.grad(loss, chosen, create_graph=True))
-        losses.append(loss)
-        grads.append(g)
+    hess_terms = []
+    for g in grads:
         if vs is None:
             rows = [flatten(torch.autograd.grad(g[i], chosen, create_graph=True)) for i in range(numel)]
             hess_terms.append(torch.stack(rows))
