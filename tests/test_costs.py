@@ -61,3 +61,13 @@ def test_bad_cost_metadata_is_a_clear_error(tmp_path, bad):
     nbformat.write(nb, path)
     with pytest.raises(ValueError, match="metadata.labkit.cost must map"):
         read_info(path)
+
+
+def test_a_run_that_reached_its_reproduction_check_is_timed_even_if_a_claim_failed():
+    from labkit.costs import ran_to_the_end
+
+    assert ran_to_the_end({"error": None, "claims": []})
+    assert ran_to_the_end({"error": "  - c: measured 1, needed x", "claims": [{"verdict": "NOT REPRODUCED"}]})
+    assert ran_to_the_end({"error": "  - k: measured 1, needed x", "claims": [{"verdict": "CHECK FAILED"}]})
+    assert not ran_to_the_end({"error": "KeyError: 'no evaluation at step None'", "claims": []})
+    assert not ran_to_the_end({"error": None, "skipped": "skipped: needs ~72 min", "claims": []})

@@ -82,12 +82,23 @@ def measured_costs(report_dir: Path) -> tuple[str, dict[str, dict[str, float]]]:
         raise ValueError(f"{summary_file}: scale must be one of {SCALES}, got {scale!r}")
     costs: dict[str, dict[str, float]] = {}
     for row in summary["notebooks"]:
-        if not row.get("ok") or not row.get("seconds"):
-            continue  # failed or resumed runs measure nothing
+        if not row.get("seconds") or not ran_to_the_end(row):
+            continue  # resumed, skipped or crashed runs measure nothing
         record = Path(report_dir) / "claims" / f"{slugify(row['notebook'])}.json"
         device = json.loads(record.read_text()).get("device", "cpu") if record.is_file() else "cpu"
         costs[row["notebook"]] = {device_kind(str(device)): float(row["seconds"])}
     return scale, costs
+
+
+def ran_to_the_end(row: dict) -> bool:
+    """A report row whose notebook ran to its reproduction check: it passed, or only an expected claim failed
+    there (a claim not reproduced at this scale still costs the whole experiment; the cheap cells after the
+    check are not timed then)."""
+    if row.get("skipped"):
+        return False
+    if row.get("error") is None:
+        return True
+    return any(c.get("verdict") in ("NOT REPRODUCED", "CHECK FAILED") for c in row.get("claims", []))
 
 
 def record_costs(infos: Sequence[NotebookInfo], report_dir: Path, *, write: bool) -> list[str]:

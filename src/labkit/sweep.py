@@ -163,7 +163,9 @@ def write_robustness(out_dir: Path, results: Sequence[TaskResult], *, seeds: Seq
             path = seed_dir / f"{r.name}.ipynb"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(r.executed)
-        if not r.ok and (r.record is None or not r.error or "ClaimNotReproduced" not in r.error):
+        verdicts = [c.get("verdict") for c in (r.record or {}).get("claims", [])]
+        claim_failed = "NOT REPRODUCED" in verdicts or "CHECK FAILED" in verdicts
+        if not r.ok and not claim_failed:  # a crash, not a claim that failed its check (that is in the table)
             failures.append(f"{r.name} (seed {r.seed}): {r.error or 'no claim record'}")
         for c in (r.record or {}).get("claims", []):
             entry = by_key.setdefault((r.name, c["name"]), {
