@@ -29,7 +29,7 @@ def test_split_by_budget_skips_only_measured_notebooks_over_budget():
 def test_small_helpers():
     assert device_kind("cuda:1") == "cuda" and device_kind("cpu") == "cpu"
     assert format_minutes(None) == "not measured" and format_minutes(45.2) == "45 s"
-    assert format_minutes(4320) == "72 min"
+    assert format_minutes(4320) == "72 min" and format_minutes(139) == "2.3 min"  # never "~2 min" over a 2-min budget
     assert recorded_seconds(info("x", {"teach": {"cpu": 3}}), scale="teach", kind="cpu") == 3.0
     assert recorded_seconds(info("x", {}), scale="teach", kind="cpu") is None
 

@@ -152,12 +152,16 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     root = _root(args)
     ok = update_readme(root / "README.md", discover(root), write=args.write, root=root)
+    return _generated_file_status("README notebook index", "index", ok=ok, write=args.write)
+
+
+def _generated_file_status(what: str, command: str, *, ok: bool, write: bool) -> int:
+    """Report on a generated file (up to date / rewritten / stale); exit code 1 only when stale and not written."""
     if ok:
-        print("README notebook index is up to date")
+        print(f"{what} is up to date")
         return 0
-    print("README notebook index rewritten" if args.write else
-          "README notebook index is out of date: run `python -m labkit index --write`")
-    return 0 if args.write else 1
+    print(f"{what} rewritten" if write else f"{what} is out of date: run `python -m labkit {command} --write`")
+    return 0 if write else 1
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -190,12 +194,7 @@ def cmd_course(args: argparse.Namespace) -> int:
 
     root = _root(args)
     ok = update_course(root / "notebooks" / "COURSE.md", discover(root), write=args.write)
-    if ok:
-        print("notebooks/COURSE.md is up to date")
-        return 0
-    print("notebooks/COURSE.md rewritten" if args.write else
-          "notebooks/COURSE.md is out of date: run `python -m labkit course --write`")
-    return 0 if args.write else 1
+    return _generated_file_status("notebooks/COURSE.md", "course", ok=ok, write=args.write)
 
 
 def cmd_site(args: argparse.Namespace) -> int:

@@ -40,7 +40,9 @@ def recorded_seconds(info: NotebookInfo, *, scale: str, kind: str) -> float | No
 def format_minutes(seconds: float | None) -> str:
     if seconds is None:
         return "not measured"
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 600 else f"{seconds / 60:.0f} min"
 
 
 @dataclass(frozen=True)
