@@ -47,10 +47,14 @@ def test_notebook_is_clean_and_follows_the_anatomy(info):
 @pytest.mark.notebook
 @pytest.mark.parametrize("info", INFOS, ids=IDS)
 def test_reproduce_notebook(info, tmp_path):
-    """The reproduce runner (papermill) with a different seed than the shipped one: claims must hold."""
-    from labkit.runner import run_notebook, write_report
+    """The reproduce runner (papermill) with a different seed than the shipped one: claims must hold. In the
+    same kernel, after the notebook ran, the harness moves every control of its explorers: each must change the
+    figure's data without an error, and each explorer needs a control that computes with labkit."""
+    from labkit.explorer_report import notebook_problems
+    from labkit.runner import explorer_probe_path, run_notebook, write_report
 
-    result = run_notebook(info, tmp_path, seed=1, scale="teach", device=os.environ.get("LABKIT_DEVICE", "auto"))
+    result = run_notebook(info, tmp_path, seed=1, scale="teach", device=os.environ.get("LABKIT_DEVICE", "auto"),
+                          explorers=True)
     text, ok = write_report(tmp_path, [result], seed=1, scale="teach")
     print(f"{info.name}: {result.seconds:.1f} s")
     assert result.ok and ok, text
@@ -60,6 +64,11 @@ def test_reproduce_notebook(info, tmp_path):
     vague = [c["name"] for c in claims if not PAPER_PLACE.search(str(c.get("paper_value") or ""))]
     assert not vague, f"paper_value must say where the paper says it (figure, table, section, equation): {vague}"
     assert_sweep_is_current(info.name, record["claims"])
+    probes = json.loads(explorer_probe_path(tmp_path, info.name).read_text())
+    for e in probes:
+        print(f"explorer {e['index']} ({e['mode']}): live {e['live_controls']}, median {e['median_seconds']:.2f} s")
+    problems = notebook_problems(probes)
+    assert not problems, "\n".join(problems)
 
 
 # Where a paper states something: "Fig. 3", "Table 2", "Sec. 4.1", "§5", "Eq. (7)", "Theorem 1", "Appendix B",

@@ -59,6 +59,8 @@ def _check_reproduce_options(args: argparse.Namespace) -> None:
             raise UsageError(f"--seeds: {exc}") from None
         if args.resume:
             raise UsageError("--resume works with one --seed; a --seeds sweep always runs its whole grid")
+        if args.explorers:
+            raise UsageError("--explorers works with one --seed (the explorers do not depend on the seed sweep)")
     if args.address is not None and args.executor != "dask":
         raise UsageError("--address needs --executor dask (it names a running Dask scheduler)")
     if args.seed < 0:
@@ -101,11 +103,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print(f"labkit reproduce: {len(infos)} notebook(s), seed {args.seed}, scale {args.scale}, "
           f"device {args.device}, {args.jobs} at a time -> {out}/")
     results = run_all(infos, out, seed=args.seed, scale=args.scale, device=args.device, jobs=args.jobs,
-                      resume=args.resume, timeout=args.timeout)
+                      resume=args.resume, timeout=args.timeout, explorers=args.explorers)
     results += [RunResult(s.name, 0.0, True, skip_reason=s.reason) for s in skipped]
     text, ok = write_report(out, results, seed=args.seed, scale=args.scale)
     print()
     print(text)
+    if args.explorers:
+        from labkit.explorer_report import write_explorer_report
+
+        explorer_text, explorers_ok = write_explorer_report(out, [i.name for i in infos])
+        print(explorer_text)
+        print(f"explorers: {out / 'explorers.md'}")
+        ok &= explorers_ok
     print(f"report: {out / 'claims.md'}, executed notebooks under {out}/<pillar>/")
     return 0 if ok else 1
 
@@ -240,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--max-minutes", type=float, default=None, metavar="N",
                        help="skip (and list) notebooks whose recorded time at this scale and device exceeds N "
                             "minutes (metadata.labkit.cost, see `labkit cost`); unmeasured ones run")
+    p_rep.add_argument("--explorers", action="store_true",
+                       help="after each notebook ran, move every control of its explorers in the same kernel and "
+                            "write explorers.md (what each control recomputes, median response time); a control "
+                            "that fails or changes nothing fails the run")
     p_rep.add_argument("--root", help=root_help)
     p_rep.set_defaults(func=cmd_reproduce)
 

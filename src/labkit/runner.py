@@ -40,17 +40,23 @@ def sources_digest() -> str:
     return digest.hexdigest()
 
 
-def run_inputs(info: NotebookInfo, *, seed: int, scale: str, device: str) -> dict[str, object]:
-    """What a notebook run depends on: the notebook, the labkit sources, seed, scale and device."""
-    return {"notebook": hashlib.sha256(info.path.read_bytes()).hexdigest(), "labkit": sources_digest(),
-            "seed": seed, "scale": scale, "device": device}
+def run_inputs(info: NotebookInfo, *, seed: int, scale: str, device: str,
+               explorers: bool = False) -> dict[str, object]:
+    """What a notebook run depends on: the notebook, the labkit sources, seed, scale and device (and whether
+    its explorers were exercised after it ran)."""
+    inputs: dict[str, object] = {"notebook": hashlib.sha256(info.path.read_bytes()).hexdigest(),
+                                 "labkit": sources_digest(), "seed": seed, "scale": scale, "device": device}
+    if explorers:
+        inputs["explorers"] = True
+    return inputs
 
 
 def state_path(out_dir: Path, name: str) -> Path:
     return out_dir / "runs" / f"{slugify(name)}.json"
 
 
-def is_done(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, device: str = "auto") -> bool:
+def is_done(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, device: str = "auto",
+            explorers: bool = False) -> bool:
     """A finished, successful run of this notebook from the same inputs (notebook, labkit sources, seed,
     scale, device) whose record and executed copy are still there. A failed run is never done."""
     state, record = state_path(out_dir, info.name), record_path(out_dir / "claims", info.name)
@@ -58,7 +64,8 @@ def is_done(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, device:
     if not (state.exists() and record.exists() and executed.exists()):
         return False
     saved = json.loads(state.read_text())
-    return bool(saved.get("ok")) and saved.get("inputs") == run_inputs(info, seed=seed, scale=scale, device=device)
+    return bool(saved.get("ok")) and saved.get("inputs") == run_inputs(info, seed=seed, scale=scale, device=device,
+                                                                       explorers=explorers)
 
 
 def _claims_hold(record: Path) -> bool:
@@ -83,9 +90,30 @@ def kernel_environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+HARNESS_TAG = "labkit-harness"
+
+
+def explorer_probe_path(out_dir: Path, name: str) -> Path:
+    return out_dir / "explorers" / f"{slugify(name)}.json"
+
+
+def with_explorer_harness(info: NotebookInfo, probe_path: Path):
+    """The notebook with one more cell at the end that drives every explorer it created
+    (:mod:`labkit.widgets.harness`) and writes the probes to ``probe_path``: explorers are tested in the same
+    kernel, after the notebook ran, never by executing it again."""
+    import nbformat
+
+    nb = nbformat.read(info.path, as_version=4)
+    source = ("from labkit.widgets.harness import exercise_all, write_probes\n"
+              f"write_probes(exercise_all(), {str(probe_path.resolve())!r});")
+    nb.cells.append(nbformat.v4.new_code_cell(source, metadata={"tags": [HARNESS_TAG]}))
+    return nb
+
+
 def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, device: str = "auto",
-                 timeout: int = 900) -> RunResult:
-    """Execute one notebook with papermill (parameters SEED, SCALE, DEVICE) into ``out_dir``."""
+                 timeout: int = 900, explorers: bool = False) -> RunResult:
+    """Execute one notebook with papermill (parameters SEED, SCALE, DEVICE) into ``out_dir``; with
+    ``explorers``, then move every control of its explorers (``out_dir/explorers/<notebook>.json``)."""
     import papermill as pm
 
     results_dir = out_dir / "claims"
@@ -93,7 +121,10 @@ def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, de
     record_path(results_dir, info.name).unlink(missing_ok=True)
     state = state_path(out_dir, info.name)
     state.unlink(missing_ok=True)
-    inputs = run_inputs(info, seed=seed, scale=scale, device=device)
+    inputs = run_inputs(info, seed=seed, scale=scale, device=device, explorers=explorers)
+    probes = explorer_probe_path(out_dir, info.name)
+    probes.unlink(missing_ok=True)
+    source = with_explorer_harness(info, probes) if explorers else str(info.path)
     env = dict(LABKIT_RESULTS_DIR=str(results_dir.resolve()), LABKIT_NOTEBOOK=info.name,
                LABKIT_SEED=str(seed), LABKIT_SCALE=scale, LABKIT_PROGRESS="0")
     target = out_dir / info.pillar / info.path.name
@@ -101,7 +132,7 @@ def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, de
     start = time.perf_counter()
     with kernel_environment(env):
         try:
-            pm.execute_notebook(str(info.path), str(target), cwd=str(info.path.parent), execution_timeout=timeout,
+            pm.execute_notebook(source, str(target), cwd=str(info.path.parent), execution_timeout=timeout,
                                 parameters={"SEED": seed, "SCALE": scale, "DEVICE": device}, progress_bar=False,
                                 kernel_name="python3")
         except Exception as exc:  # papermill re-raises the notebook's error: keep the last line readable
@@ -114,22 +145,24 @@ def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, de
     return result
 
 
-def _run_one(args: tuple[NotebookInfo, Path, int, str, str, int]) -> RunResult:
-    info, out_dir, seed, scale, device, timeout = args
-    return run_notebook(info, out_dir, seed=seed, scale=scale, device=device, timeout=timeout)
+def _run_one(args: tuple[NotebookInfo, Path, int, str, str, int, bool]) -> RunResult:
+    info, out_dir, seed, scale, device, timeout, explorers = args
+    return run_notebook(info, out_dir, seed=seed, scale=scale, device=device, timeout=timeout, explorers=explorers)
 
 
 def run_all(infos: list[NotebookInfo], out_dir: Path, *, seed: int, scale: str, device: str = "auto",
-            jobs: int = 1, resume: bool = False, timeout: int = 900, echo=print) -> list[RunResult]:
-    """Run notebooks (``jobs`` at a time, each in its own process); ``resume`` skips finished ones."""
+            jobs: int = 1, resume: bool = False, timeout: int = 900, explorers: bool = False,
+            echo=print) -> list[RunResult]:
+    """Run notebooks (``jobs`` at a time, each in its own process); ``resume`` skips finished ones;
+    ``explorers`` drives every explorer after its notebook ran (see :func:`run_notebook`)."""
     todo, results = [], []
     for info in infos:
-        if resume and is_done(info, out_dir, seed=seed, scale=scale, device=device):
+        if resume and is_done(info, out_dir, seed=seed, scale=scale, device=device, explorers=explorers):
             results.append(RunResult(info.name, 0.0, True, skipped=True))
             echo(f"  skip  {info.name} (already reproduced with seed {seed}, scale {scale})")
         else:
             todo.append(info)
-    tasks = [(info, out_dir, seed, scale, device, timeout) for info in todo]
+    tasks = [(info, out_dir, seed, scale, device, timeout, explorers) for info in todo]
     if jobs <= 1 or len(tasks) <= 1:
         outcomes = map(_run_one, tasks)
         pool = None
