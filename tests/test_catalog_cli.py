@@ -202,3 +202,27 @@ def test_write_report_counts_known_failures_without_hiding_them(tmp_path):
     assert ok
     last = text.rstrip().splitlines()[-1]
     assert last == "EVERY EXPECTED CLAIM REPRODUCED: 1 reproduced, 1 not reproduced (known at this scale)"
+
+
+@pytest.mark.notebook
+def test_explorers_option_moves_every_control_after_the_run_and_fails_a_replaying_explorer(tmp_path, capsys):
+    """`--explorers` appends the harness cell: one kernel, one execution, a report of what each control computes."""
+    explorer = ("import ipywidgets as W\nfrom labkit.viz import line_curves\nfrom labkit.widgets import explore\n"
+                "from labkit.autograd import flatten\nimport torch\n"
+                "ex = explore(lambda k: line_curves({'y': [0.0, float(flatten([torch.ones(2) * k]).sum())]}),\n"
+                "             k=W.IntSlider(value=1, min=0, max=4))")
+    tiny_workbook(tmp_path / "wb", explorer)
+    args = ["reproduce", "--root", str(tmp_path / "wb"), "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main([*args, "--explorers"]) == 0
+    out = capsys.readouterr().out
+    assert "EVERY EXPLORER COMPUTES AND REDRAWS" in out
+    report = (tmp_path / "out" / "explorers.md").read_text()
+    assert "| grokking/01_tiny | 0 (live) | k | autograd.flatten | yes |" in report
+    executed = nbformat.read(tmp_path / "out" / "grokking" / "01_tiny.ipynb", as_version=4)
+    assert executed.cells[-1].metadata.tags == ["labkit-harness"]
+    assert main(["reproduce", "--seeds", "0-1", "--explorers", "--root", str(tmp_path / "wb")]) == 2
+
+    tiny_workbook(tmp_path / "wb2", explorer.replace("float(flatten([torch.ones(2) * k]).sum())", "[1.0, 2.0][k % 2]"))
+    assert main(["reproduce", "--root", str(tmp_path / "wb2"), "--out", str(tmp_path / "out2"), "--device", "cpu",
+                 "--explorers"]) == 1
+    assert "no control calls labkit" in (tmp_path / "out2" / "explorers.md").read_text()

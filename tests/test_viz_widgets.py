@@ -83,3 +83,99 @@ def test_explorer_handles_a_changing_number_of_traces_and_reports_errors():
         explore(draw, n=W.Button())
     with pytest.raises(TypeError, match="plotly Figure"):
         explore(lambda n: None, n=W.IntSlider())
+
+
+def test_button_mode_runs_in_a_thread_reports_progress_and_stops_early():
+    import threading
+
+    from labkit.widgets import Progress
+
+    started, release = threading.Event(), threading.Event()
+
+    def draw(n, progress):
+        assert isinstance(progress, Progress)
+        done = 0
+        for i in range(n):
+            if progress(i + 1, n):
+                break
+            done = i + 1
+            if n == 1000:  # the long run waits inside so the test can press Stop while it runs
+                started.set()
+                release.wait(5)
+        return line_curves({"done": [float(done), float(done)]}, title=f"{done} of {n}")
+
+    ex = explore(draw, n=W.IntSlider(value=3, min=1, max=1000), button="Train")
+    assert list(ex.figure.data[0].y) == [3.0, 3.0] and ex.progress_bar.value == 1.0
+    ex.controls["n"].value = 5
+    assert list(ex.figure.data[0].y) == [3.0, 3.0]  # a control only marks the figure stale in button mode
+    assert "press <b>Train</b>" in ex.status.value
+    ex.start()
+    ex.wait(10)
+    assert list(ex.figure.data[0].y) == [5.0, 5.0] and ex.status.value.startswith("done in")
+    assert not ex.run_button.disabled and ex.stop_button.disabled
+    ex.controls["n"].value = 1000
+    ex.start()
+    assert started.wait(10)
+    ex.stop()  # what the Stop button does
+    release.set()
+    ex.wait(10)
+    assert list(ex.figure.data[0].y) == [1.0, 1.0] and ex.status.value.startswith("stopped early")
+
+
+def test_button_mode_shows_errors_and_wait_reraises_them():
+    def draw(n):
+        if n > 1:
+            raise RuntimeError("too many")
+        return line_curves({"a": [0.0, 1.0]})
+
+    ex = explore(draw, n=W.IntSlider(value=1, min=0, max=3), button="Run")
+    ex.controls["n"].value = 2
+    ex.start()
+    with pytest.raises(RuntimeError, match="too many"):
+        ex.wait(10)
+    assert "too many" in ex.status.value and not ex.run_button.disabled
+    with pytest.raises(ValueError, match="button must be None"):
+        explore(draw, n=W.IntSlider(), button="  ")
+
+
+def test_harness_moves_every_control_and_finds_what_computes():
+    from labkit.autograd import flatten
+    from labkit.widgets import explorers
+    from labkit.widgets.harness import exercise
+
+    def computing(k, name):  # calls into labkit when k moves
+        total = float(flatten([torch.ones(3) * k]).sum())
+        return line_curves({name: [0.0, total]})
+
+    ex = explore(computing, k=W.IntSlider(value=1, min=0, max=3), name=W.Dropdown(options=["a", "b", "c"]))
+    assert ex in explorers()
+    probe = exercise(ex)
+    k, name = probe.controls
+    assert k.control == "k" and k.values == ("2", "0") and k.data_changed and "labkit.autograd.flatten" in k.computes
+    assert name.values == ("b", "c") and name.data_changed
+    assert probe.live_controls == ("k", "name") and not probe.problems
+    assert len(k.seconds) == 2 and probe.median_seconds >= 0  # the profiled first move is not timed
+    assert ex.values == {"k": 1, "name": "a"}  # left as found
+
+    table = {0.5: [1.0, 2.0], 1.0: [1.0, 2.0], 2.0: [3.0, 4.0]}
+    replay = explore(lambda s, log: line_curves({"y": table[s]}, title=f"{s} {log}"),
+                     s=W.SelectionSlider(options=list(table), value=1.0), log=W.Checkbox(value=False))
+    probe = exercise(replay)
+    assert probe.live_controls == ()  # a lookup in precomputed values computes nothing
+    assert any("never changed the figure's data" in p and "'log'" in p for p in probe.problems)  # title only
+    ex.close()
+    replay.close()
+    assert ex not in explorers() and replay not in explorers()
+
+
+def test_harness_records_an_error_instead_of_stopping():
+    from labkit.widgets.harness import exercise
+
+    def draw(x):
+        if x > 0.11:
+            raise ValueError("x too large")
+        return line_curves({"y": [0.0, x]})
+
+    probe = exercise(explore(draw, x=W.FloatLogSlider(value=0.1, base=10, min=-2, max=0, step=0.1)))
+    (c,) = probe.controls
+    assert c.error == "ValueError: x too large" and probe.problems

@@ -42,7 +42,8 @@ def static_pages(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     import plotly.io as pio
 
     nb.metadata.pop("widgets", None)  # saved widget state would pull the widget manager from a CDN
-    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    runner_cells = {"injected-parameters", "labkit-harness"}  # papermill's parameters, the explorer harness
+    nb.cells = [c for c in nb.cells if not runner_cells & set(c.get("metadata", {}).get("tags", []))]
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
