@@ -145,6 +145,18 @@ def test_optimal_preconditioner_closed_form_and_empirical_fit():
     feats = torch.einsum("na,nb->nab", p.x_query.double(), h).reshape(-1, 4)
     fitted = torch.linalg.lstsq(feats, p.y_query.double().unsqueeze(-1)).solution.reshape(2, 2)
     torch.testing.assert_close(fitted, star.double(), atol=0.03, rtol=0.03)
+    # the paper's non-isotropic setting, w ~ N(0, Σ⁻¹): exactly a multiple of Σ⁻¹
+    torch.testing.assert_close(optimal_preconditioner(2, n_ctx=5, cov=cov, w_cov=torch.linalg.inv(cov), noise=0.5),
+                               5 / (5 + 2 + 1 + 0.25) * torch.linalg.inv(cov), atol=1e-5, rtol=1e-5)
+    w_cov = anisotropic_cov(2, condition=3.0, generator=gen(16))
+    star = optimal_preconditioner(2, n_ctx=5, cov=cov, w_cov=w_cov)
+    p = regression_prompts(200000, d=2, n_ctx=5, cov=cov, w_cov=w_cov, generator=gen(17))
+    h = torch.einsum("nk,nkd->nd", p.y_ctx, p.x_ctx).double() / 5
+    feats = torch.einsum("na,nb->nab", p.x_query.double(), h).reshape(-1, 4)
+    fitted = torch.linalg.lstsq(feats, p.y_query.double().unsqueeze(-1)).solution.reshape(2, 2)
+    torch.testing.assert_close(fitted, star.double(), atol=0.03, rtol=0.03)
+    w = p.w.double()
+    torch.testing.assert_close(w.T @ w / w.shape[0], w_cov.double(), atol=0.02, rtol=0.02)
     # as n grows it tends to Σ⁻¹
     far = optimal_preconditioner(2, n_ctx=100000, cov=cov)
     torch.testing.assert_close(far, torch.linalg.inv(cov), atol=1e-3, rtol=1e-3)

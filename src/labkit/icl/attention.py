@@ -162,14 +162,16 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 def train_icl(model: LinearSelfAttention, *, steps: int, batch: int, d: int, n_ctx: int,
-              cov: torch.Tensor | None = None, noise: float = 0.0, task: str = "linear", lr: float = 1e-2,
+              cov: torch.Tensor | None = None, noise: float = 0.0, task: str = "linear",
+              w_cov: torch.Tensor | None = None, lr: float = 1e-2,
               optimizer: str = "adam", generator: torch.Generator | None = None,
               metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
               eval_every: int | Sequence[int] | None = None, progress: bool | None = None,
               stop_when: Callable[[History], bool] | None = None, desc: str = "icl training") -> History:
     """Train ``model`` in place on fresh prompts every step (``batch`` prompts of :func:`regression_prompts`
-    drawn from ``generator``) to minimise the query's squared error ``mean (f(Z) − y_query)²``, through
-    :func:`labkit.training.fit` with Adam or plain (full-gradient-per-batch) SGD at learning rate ``lr``.
+    with ``cov``, ``noise``, ``task``, ``w_cov``, drawn from ``generator``) to minimise the query's squared
+    error ``mean (f(Z) − y_query)²``, through :func:`labkit.training.fit` with Adam or plain SGD at learning
+    rate ``lr``.
 
     ``model`` may be any module taking a :class:`Prompts` and returning ``(n,)`` predictions (deeper linear
     transformers too). Returns the :class:`History` (per-step loss, ``metrics`` at ``eval_every``)."""
@@ -187,6 +189,7 @@ def train_icl(model: LinearSelfAttention, *, steps: int, batch: int, d: int, n_c
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     check_generator(generator)
     cov = check_cov(cov, d)
+    w_cov = check_cov(w_cov, d, name="w_cov")
     # fail early on bad noise/task, before any training
     regression_prompts(1, d=d, n_ctx=1, noise=noise, task=task)
     params = list(model.parameters())
@@ -196,7 +199,8 @@ def train_icl(model: LinearSelfAttention, *, steps: int, batch: int, d: int, n_c
     opt = (torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr))
 
     def loss_fn(m: nn.Module, _batch: object) -> torch.Tensor:
-        p = regression_prompts(batch, d=d, n_ctx=n_ctx, cov=cov, noise=noise, task=task, generator=generator)
+        p = regression_prompts(batch, d=d, n_ctx=n_ctx, cov=cov, noise=noise, task=task, w_cov=w_cov,
+                               generator=generator)
         p = p.to(device)
         return ((m(p) - p.y_query) ** 2).mean()
 

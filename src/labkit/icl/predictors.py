@@ -70,13 +70,18 @@ def ols_predict(prompts: Prompts) -> torch.Tensor:
     return (p.x_query.double() * w).sum(-1).to(p.x_query.dtype)
 
 
-def optimal_preconditioner(d: int, *, n_ctx: int, cov: torch.Tensor | None = None, noise: float = 0.0
-                           ) -> torch.Tensor:
-    """The ``Γ*`` minimising the expected query error of :func:`one_step_gd_predict` over prompts of
-    :func:`regression_prompts` (``task="linear"``): ``Γ* = ((1 + 1/n) Σ + (tr Σ + noise²)/n · I)⁻¹`` with
-    ``n = n_ctx``, ``Σ = cov``. For ``Σ = I`` it is ``n / (n + d + 1 + noise²) · I``; as ``n → ∞`` it tends
-    to ``Σ⁻¹``. This is the preconditioner of the global minimum of one-layer linear self-attention
-    (Mahankali et al. 2023, arXiv 2307.03576, Theorems 1 and 2; derivation in the icl/01 notebook)."""
+def optimal_preconditioner(d: int, *, n_ctx: int, cov: torch.Tensor | None = None, noise: float = 0.0,
+                           w_cov: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``Γ*`` minimising the expected query error of :func:`one_step_gd_predict` over the prompts of
+    :func:`regression_prompts` (``task="linear"``, ``x ~ N(0, Σ)``, ``w ~ N(0, W)``, ``n = n_ctx``):
+
+    ``Γ* = W Σ M⁻¹`` with ``M = E[h hᵀ] = (1 + 1/n) Σ W Σ + (tr(WΣ) + noise²)/n · Σ``.
+
+    ``Σ = W = I`` gives ``n / (n + d + 1 + noise²) · I``; ``W = Σ⁻¹`` (Mahankali et al.'s non-isotropic
+    setting) gives ``n / (n + d + 1 + noise²) · Σ⁻¹``; ``W = I`` gives ``((1 + 1/n) Σ + (tr Σ + noise²)/n · I)⁻¹``,
+    which tends to ``Σ⁻¹`` as ``n → ∞``. This is the preconditioner of the pre-training loss's global minimum
+    for one layer of linear self-attention (Mahankali, Hashimoto, Ma 2023, arXiv 2307.03576; the derivation
+    is in the icl/01 notebook)."""
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise ValueError(f"d must be a positive int, got {d!r}")
     if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
@@ -84,13 +89,15 @@ def optimal_preconditioner(d: int, *, n_ctx: int, cov: torch.Tensor | None = Non
     noise = _finite_float(noise, "noise")
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
-    sigma = torch.eye(d, dtype=torch.float64) if check_cov(cov, d) is None else cov.double().cpu()
     eye = torch.eye(d, dtype=torch.float64)
-    m = (1 + 1 / n_ctx) * sigma + (torch.trace(sigma) + noise**2) / n_ctx * eye
-    out = torch.linalg.inv(m)
-    out = (out + out.T) / 2
-    dtype = cov.dtype if cov is not None else torch.get_default_dtype()
-    return out.to(dtype=dtype, device=cov.device if cov is not None else "cpu")
+    sigma = eye if check_cov(cov, d) is None else cov.detach().double().cpu()
+    w = eye if check_cov(w_cov, d, name="w_cov") is None else w_cov.detach().double().cpu()
+    m = (1 + 1 / n_ctx) * sigma @ w @ sigma + (torch.trace(w @ sigma) + noise**2) / n_ctx * sigma
+    out = w @ sigma @ torch.linalg.inv(m)  # symmetric when W commutes with Σ (W = I or Σ⁻¹), not in general
+    like = cov if cov is not None else w_cov
+    if like is None:
+        return out.to(torch.get_default_dtype())
+    return out.to(dtype=like.dtype, device=like.device)
 
 
 def mse(pred: torch.Tensor, prompts: Prompts) -> float:

@@ -91,8 +91,9 @@ def check_prompts(prompts: object, name: str = "prompts") -> Prompts:
 
 def regression_prompts(n: int, *, d: int, n_ctx: int, cov: torch.Tensor | None = None, noise: float = 0.0,
                        task: str = "linear", generator: torch.Generator | None = None,
-                       device: torch.device | str | None = None) -> Prompts:
-    """``n`` random regression prompts: ``w ~ N(0, I_d)``, ``x ~ N(0, cov)`` (identity when ``cov`` is None),
+                       w_cov: torch.Tensor | None = None, device: torch.device | str | None = None) -> Prompts:
+    """``n`` random regression prompts: ``w ~ N(0, I_d)`` (``N(0, w_cov)`` when given; Mahankali et al.'s
+    non-isotropic setting takes ``w_cov = cov⁻¹``), ``x ~ N(0, cov)`` (identity when ``cov`` is None),
     ``y = wᵀx + noise·ε`` with ``ε ~ N(0, 1)`` (``task="linear"``) or ``y = tanh(wᵀx) + noise·ε``
     (``task="tanh"``, the non-linear responses of Mahankali et al. 2023, arXiv 2307.03576, Sec. 5).
 
@@ -102,6 +103,7 @@ def regression_prompts(n: int, *, d: int, n_ctx: int, cov: torch.Tensor | None =
     n, d, n_ctx = _positive_int(n, "n"), _positive_int(d, "d"), _positive_int(n_ctx, "n_ctx")
     check_generator(generator)
     cov = check_cov(cov, d)
+    w_cov = check_cov(w_cov, d, name="w_cov")
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0 or noise == float("inf"):
         raise ValueError(f"noise must be a finite float >= 0, got {noise!r}")
     if task not in TASKS:
@@ -113,6 +115,8 @@ def regression_prompts(n: int, *, d: int, n_ctx: int, cov: torch.Tensor | None =
     if cov is not None:
         root = torch.linalg.cholesky(cov.double()).to(device=device, dtype=x.dtype)
         x = x @ root.T
+    if w_cov is not None:
+        w = w @ torch.linalg.cholesky(w_cov.double()).to(device=device, dtype=w.dtype).T
     clean = torch.einsum("nkd,nd->nk", x, w)
     if task == "tanh":
         clean = torch.tanh(clean)
