@@ -143,3 +143,22 @@ def test_plane_decision_maps_equal_the_restricted_network():
     torch.testing.assert_close(maps[4], expected)
     with pytest.raises(ValueError, match="basis"):
         plane_decision_maps({}, torch.zeros(50, 3), grid)
+
+
+def test_train_grokking_stop_when_ends_the_run_early_and_keeps_the_history_so_far():
+    data = modular_arithmetic(11, train_fraction=0.5, seed=2)
+    asked = []
+
+    def stop_when(history):
+        asked.append(history.steps[-1])
+        return history.steps[-1] >= 4
+
+    r = modular_run(data, seed=3, hidden=(8,), lr=1e-2, steps=20, eval_every=2, measures=("acc",),
+                    stop_when=stop_when, progress=False)
+    assert r.history.steps == [0, 2, 4] and asked == [0, 2, 4]
+    # combined with stop_after_grok: either one stops the run
+    r = modular_run(data, seed=3, hidden=(8,), lr=1e-2, steps=6, eval_every=2, measures=("acc",),
+                    stop_after_grok=True, stop_when=lambda h: False, progress=False)
+    assert r.history.steps == [0, 2, 4, 6]
+    with pytest.raises(TypeError, match="stop_when"):
+        modular_run(data, seed=3, hidden=(8,), steps=2, stop_when="soon", progress=False)

@@ -117,6 +117,7 @@ def train_grokking(
     spectrum: bool = False,
     extra_metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
     stop_after_grok: bool = False,
+    stop_when: Callable[[Any], bool] | None = None,
     snapshots: Sequence[int] = (),
     checkpoint: str | os.PathLike | None = None,
     on_nonfinite: str = "stop",
@@ -131,6 +132,8 @@ def train_grokking(
     the embedding's Fourier power; needs ``model.operand_embeddings()``). ``spectrum=True`` also
     records the whole spectrum as columns freq_0..freq_{p//2}. ``stop_after_grok`` ends the run at the
     first evaluation with train accuracy >= 99% and test accuracy >= 95% (so the summary has both steps).
+    ``stop_when(history)``, called after every evaluation, ends the run early too (an explorer passes
+    ``lambda h: progress(h.steps[-1], steps)`` so its Stop button ends a run and the curves so far remain).
     ``snapshots`` lists steps whose model state is kept in ``history.snapshots`` (see ``fit``).
     """
     from labkit.training import fit
@@ -149,6 +152,9 @@ def train_grokking(
         raise ValueError(f"measures must be a subset of {sorted(known)}, got unknown {sorted(unknown)}")
     if ("fourier" in measures or spectrum) and not hasattr(model, "operand_embeddings"):
         raise ValueError("the 'fourier' measure and spectrum=True need a model with operand_embeddings()")
+    if stop_when is not None and not callable(stop_when):
+        raise TypeError(f"stop_when must be None or a callable stop_when(history) -> bool, "
+                        f"got {type(stop_when).__name__}")
     criterion = classification_loss(loss)
     check_data(model, data)
     xtr, ytr, xte, yte = data.train_x, data.train_y, data.test_x, data.test_y
@@ -196,11 +202,15 @@ def train_grokking(
             metrics[f"freq_{k}"] = spec_metric(k)
     metrics.update(extra_metrics or {})
 
-    stop_when = None
-    if stop_after_grok and "acc" in measures:
-        stop_when = lambda h: h.last("test_acc") >= 0.95 and h.last("train_acc") >= 0.99  # noqa: E731
+    stop_at_grok = stop_after_grok and "acc" in measures
+
+    def stop(h: Any) -> bool:
+        if stop_at_grok and h.last("test_acc") >= 0.95 and h.last("train_acc") >= 0.99:
+            return True
+        return stop_when is not None and bool(stop_when(h))
+
     history = fit(model, loss_fn, (xtr, ytr), optimizer=optimizer, steps=steps, metrics=metrics,
-                  eval_every=eval_every, stop_when=stop_when, snapshots=snapshots, checkpoint=checkpoint,
+                  eval_every=eval_every, stop_when=stop if stop_at_grok or stop_when is not None else None, snapshots=snapshots, checkpoint=checkpoint,
                   on_nonfinite=on_nonfinite, progress=progress, desc=desc)
     summary = grok_step(history) if "acc" in measures else GrokSummary(None, None, 0.99, 0.95)
     return GrokRun(history, summary, model)
