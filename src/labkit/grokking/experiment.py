@@ -210,7 +210,8 @@ def train_grokking(
         return stop_when is not None and bool(stop_when(h))
 
     history = fit(model, loss_fn, (xtr, ytr), optimizer=optimizer, steps=steps, metrics=metrics,
-                  eval_every=eval_every, stop_when=stop if stop_at_grok or stop_when is not None else None, snapshots=snapshots, checkpoint=checkpoint,
+                  eval_every=eval_every, stop_when=stop if stop_at_grok or stop_when is not None else None,
+                  snapshots=snapshots, checkpoint=checkpoint,
                   on_nonfinite=on_nonfinite, progress=progress, desc=desc)
     summary = grok_step(history) if "acc" in measures else GrokSummary(None, None, 0.99, 0.95)
     return GrokRun(history, summary, model)
