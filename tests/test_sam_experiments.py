@@ -100,6 +100,11 @@ def test_train_from_epochs_stop_loss_snapshots_and_errors():
     assert len(h.loss) == 9 and h.steps == [0, 3, 6, 9]  # ceil(40 / 16) = 3 steps an epoch, evaluated each epoch
     h = train_from(init, (x, y), kind="sgd", lr=0.5, steps=500, eval_every=5, stop_loss=0.9, progress=False).history
     assert h["train loss"][-1] <= 0.9 and all(v > 0.9 for v in h["train loss"][:-1]) and h.steps[-1] < 500
+    h = train_from(init, (x, y), kind="sgd", lr=0.5, steps=50, eval_every=5, progress=False,
+                   stop_when=lambda hist: hist.steps[-1] >= 15).history
+    assert h.steps == [0, 5, 10, 15] and len(h.loss) == 15  # an explorer's Stop: the run so far, ended early
+    with pytest.raises(TypeError, match="stop_when"):
+        train_from(init, (x, y), lr=0.1, steps=2, stop_when=True)
     h = train_from(init, (x, y), kind="sgd", lr=0.5, steps=4, snapshots=[0, 2], progress=False).history
     assert sorted(h.snapshots) == [0, 2]
     with pytest.raises(ValueError, match="exactly one of steps and epochs"):

@@ -116,6 +116,7 @@ def train_from(
     eval_every: int | Sequence[int] | None = None,
     snapshots: Sequence[int] = (),
     stop_loss: float | None = None,
+    stop_when: Callable[[History], bool] | None = None,
     train_loss: bool = True,
     loss_fn: Criterion = F.cross_entropy,
     seed: int = 0,
@@ -132,8 +133,9 @@ def train_from(
     the run. The history records ``"train loss"`` (``loss_fn`` on all of ``data``; ``train_loss=False``
     saves that pass) and, with ``test``, ``"test accuracy"``; ``snapshots`` keeps the weights at those
     steps; ``stop_loss`` ends the run at the first evaluation whose training loss is at most that value
-    (matched-loss families, Andriushchenko et al., 2023). ``init`` is left untouched, so every run of a
-    comparison starts from the same weights.
+    (matched-loss families, Andriushchenko et al., 2023); ``stop_when(history)``, called after every
+    evaluation, ends it too (an explorer's Stop button: ``stop_when=lambda h: progress(h.steps[-1], steps)``).
+    ``init`` is left untouched, so every run of a comparison starts from the same weights.
     """
     check_module(init, "init")
     check_loss_fn(loss_fn)
@@ -150,6 +152,8 @@ def train_from(
     if schedule not in (None, "cosine"):
         raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
     stop_loss = optional_number(stop_loss, "stop_loss")
+    if stop_when is not None and not callable(stop_when):
+        raise TypeError(f"stop_when must be None or a callable history -> bool, got {type(stop_when).__name__}")
     if test is not None:
         check_data(init, test, "test", classes=True)
     model = copy.deepcopy(init)
@@ -163,10 +167,13 @@ def train_from(
     if test is not None:
         x_test, y_test = test
         metrics["test accuracy"] = lambda m: accuracy(m, x_test, y_test)
-    stop_when = None if stop_loss is None else (lambda h: h["train loss"][-1] <= stop_loss)
+    asked = stop_when
+
+    def stop(h: History) -> bool:
+        return (stop_loss is not None and h["train loss"][-1] <= stop_loss) or (asked is not None and bool(asked(h)))
     history = fit(model, fit_loss(loss_fn), (x, y), optimizer=optimizer, steps=steps, batch_size=batch_size,
                   scheduler=scheduler, metrics=metrics, eval_every=eval_every, snapshots=snapshots,
-                  stop_when=stop_when, seed=seed, progress=progress,
+                  stop_when=stop if stop_loss is not None or asked is not None else None, seed=seed, progress=progress,
                   desc=desc or f"{kind} rho={rho}")
     return Trained(model, history)
 
