@@ -5,7 +5,7 @@ Hessian eigenspace (Gur-Ari et al. 2018), and the sharpness along gradient desce
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -101,13 +101,15 @@ def width_class_spectra(
 class SubspaceRun:
     """One training run of :func:`gradient_subspace_runs`, measured at ``steps``: the fraction of the
     full-batch gradient in the top-k Hessian eigenspace, in a random k-dimensional subspace, the top
-    eigenvalue, and the final training loss."""
+    eigenvalue, and the final training loss. ``snapshots`` maps each of ``steps`` to the network's state
+    dict there (CPU copies), so the measurement can be repeated at a checkpoint with other settings."""
 
     steps: list[int]
     fractions: list[float]
     random_fractions: list[float]
     sharpness: list[float]
     final_loss: float
+    snapshots: Mapping[int, Mapping[str, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     def late_mean(self, after: int = 100) -> float:
         """Mean fraction in the top subspace over the checkpoints at step >= ``after``."""
@@ -167,7 +169,8 @@ def gradient_subspace_runs(
             fractions.append(subspace_fraction(grad, eig.eigenvectors))
             random_fractions.append(subspace_fraction(grad, basis))
             sharpness.append(float(eig.eigenvalues[0]))
-        out[name] = SubspaceRun(list(eval_steps), fractions, random_fractions, sharpness, op.loss())
+        out[name] = SubspaceRun(list(eval_steps), fractions, random_fractions, sharpness, op.loss(),
+                                snapshots={step: history.snapshots[step] for step in eval_steps})
     return out
 
 
