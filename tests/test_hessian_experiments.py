@@ -117,6 +117,20 @@ def test_gradient_subspace_runs_measure_fractions_at_every_checkpoint():
         gradient_subspace_runs(x, y, hidden=4, runs={"GD": (0.1, None)}, steps=4, eval_steps=[0, 8])
 
 
+def test_gradient_subspace_runs_keep_a_snapshot_at_every_checkpoint():
+    x, y = _data(n=64, c=10)
+    runs = gradient_subspace_runs(x, y, hidden=4, runs={"GD": (0.1, None)}, steps=4, eval_steps=[0, 2, 4], k=2,
+                                  init_seed=0, generator=torch.Generator().manual_seed(0))
+    r = runs["GD"]
+    assert sorted(r.snapshots) == [0, 2, 4]
+    with seeded_init(0):
+        net = mlp(64, [4], 10)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), r.snapshots[0].values(), strict=True))
+    net.load_state_dict(r.snapshots[4])  # the last snapshot is the trained network the final loss was measured on
+    assert F.cross_entropy(net(x), y).item() == pytest.approx(r.final_loss, rel=1e-5)
+    assert not any(torch.equal(a, b) for a, b in zip(r.snapshots[0].values(), r.snapshots[4].values(), strict=True))
+
+
 def test_rescaled_copy_is_the_same_function_and_filter_normalized_curves_do_not_see_it():
     x, y = _data()
     with seeded_init(0):
@@ -172,6 +186,25 @@ def test_aligned_heads_train_and_report_accuracies():
         r.test = 1.0
     with pytest.raises(ValueError, match="train_domains"):
         train_aligned_heads([], validation=domains[0], test=domains[0], methods={}, steps=1, lr=0.1)
+
+
+def test_aligned_heads_report_progress_and_stop_when_asked():
+    g = torch.Generator().manual_seed(0)
+    domains = [(torch.randn(50, 2, generator=g), torch.randint(0, 2, (50,), generator=g)) for _ in range(2)]
+    methods = {"ERM": ("erm", 0.0, 0.0), "HGP": ("hgp", 1.0, 1.0)}
+    plain = train_aligned_heads(domains, validation=domains[1], test=domains[0], methods=methods, steps=30, lr=0.5)
+    calls = []
+    watched = train_aligned_heads(domains, validation=domains[1], test=domains[0], methods=methods, steps=30, lr=0.5,
+                                  progress=lambda done, total: calls.append((done, total)) and False)
+    assert calls[-1] == (60, 60) and all(t == 60 for _, t in calls)
+    for name in methods:  # watching does not change the training
+        assert torch.equal(plain[name].head.weight, watched[name].head.weight)
+    stopped = train_aligned_heads(domains, validation=domains[1], test=domains[0], methods=methods, steps=30, lr=0.5,
+                                  progress=lambda done, total: done >= 10)
+    assert list(stopped) == ["ERM"] and not torch.equal(stopped["ERM"].head.weight, plain["ERM"].head.weight)
+    with pytest.raises(TypeError, match="progress"):
+        train_aligned_heads(domains, validation=domains[1], test=domains[0], methods=methods, steps=3, lr=0.5,
+                            progress=1)
 
 
 def _softmax_problem():

@@ -4,7 +4,7 @@ held-out validation domain."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,11 +72,16 @@ def train_aligned_heads(
     lr: float,
     probes: int | None = None,
     generator: torch.Generator | None = None,
+    progress: Callable[[int, int], bool] | None = None,
 ) -> dict[str, AlignedHead]:
     """Hemati et al., *Understanding Hessian Alignment for Domain Generalization* (ICCV 2023): for each
     ``name -> (penalty, alpha, beta)`` train a zero-initialised logistic head with full-batch GD on
     ``mean loss + alpha * Hessian penalty + beta * gradient penalty`` (the paper's alpha and beta;
-    ``penalty`` one of :data:`PENALTIES`; Hutchinson probes drawn from a copy of ``generator``'s state)."""
+    ``penalty`` one of :data:`PENALTIES`; Hutchinson probes drawn from a copy of ``generator``'s state).
+
+    ``progress(done, total)`` (e.g. an explorer's progress bar) is called every 10 steps with the steps done
+    over all heads; when it returns True the head in training stops there and the remaining heads are not
+    trained (they are left out of the result)."""
     if not train_domains:
         raise ValueError("train_domains must hold at least one (inputs, targets) pair")
     checks.positive_int(steps, "steps")
@@ -88,9 +93,14 @@ def train_aligned_heads(
         checks.number(beta, f"methods[{name!r}] beta", low=0.0)
     if probes is not None:
         checks.positive_int(probes, "probes")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be None or a callable (done, total) -> bool, got {type(progress).__name__}")
     x0 = train_domains[0][0]
     out = {}
-    for name, (penalty, alpha, beta) in methods.items():
+    total, stopped = steps * len(methods), False
+    for i, (name, (penalty, alpha, beta)) in enumerate(methods.items()):
+        if stopped:
+            break
         head = nn.Linear(x0.shape[1], 1).to(x0.device, x0.dtype)
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
@@ -101,7 +111,16 @@ def train_aligned_heads(
             loss, grad_pen, hess_pen = penalty_terms(penalty, m, train_domains, probes=probes, generator=probe_gen)
             return loss + alpha * hess_pen + beta * grad_pen
 
-        fit(head, objective, None, optimizer=torch.optim.SGD(head.parameters(), lr=lr), steps=steps, desc=name)
+        watch: dict[str, Any] = {}
+        if progress is not None:
+            def stop_when(h: Any, done_before: int = i * steps) -> bool:
+                nonlocal stopped
+                stopped = bool(progress(done_before + h.steps[-1], total))
+                return stopped
+
+            watch = dict(eval_every=10, stop_when=stop_when)
+        fit(head, objective, None, optimizer=torch.optim.SGD(head.parameters(), lr=lr), steps=steps, desc=name,
+            **watch)
         train = sum(binary_accuracy(head, x, y) for x, y in train_domains) / len(train_domains)
         out[name] = AlignedHead(head, train, binary_accuracy(head, *validation), binary_accuracy(head, *test),
                                 float(head.weight[0, 0].detach()), float(head.weight[0, 1].detach()))
