@@ -105,6 +105,23 @@ def test_guidance_sweep_keeps_keys_and_denoiser(mixture, sigmas):
         guided_run(mixture, x, sigmas, label=torch.tensor(0))
 
 
+def test_guided_run_stochastic_sampler_uses_its_generator(mixture, sigmas):
+    x = mixture.conditional(0).sample(100, sigma=80.0, generator=gen(8))
+    state = torch.get_rng_state()
+    a = guided_run(mixture, x, sigmas, CFG(2.0), label=0, sampler="ddpm", generator=gen(9))
+    b = guided_run(mixture, x, sigmas, CFG(2.0), label=0, sampler="ddpm", generator=gen(9))
+    c = guided_run(mixture, x, sigmas, CFG(2.0), label=0, sampler="ddpm", generator=gen(10))
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is left as found
+    torch.testing.assert_close(a.samples, b.samples)
+    assert not torch.equal(a.samples, c.samples)
+    expected = sample_ddim(mixture, x, sigmas, eta=1.0, label=0, guidance=CFG(2.0), generator=gen(9)).samples
+    torch.testing.assert_close(a.samples, expected)
+    runs = guidance_sweep(mixture, x, sigmas, {"a": CFG(2.0)}, label=0, sampler="ddpm", generator=gen(9))
+    torch.testing.assert_close(runs["a"].samples, a.samples)
+    with pytest.raises(TypeError, match="generator"):
+        guided_run(mixture, x, sigmas, label=0, sampler="ddpm", generator=7)
+
+
 def test_train_mixture_denoiser_is_reproducible_and_leaves_global_rng(mixture):
     state = torch.get_rng_state()
     model, history = train_mixture_denoiser(mixture, n=500, steps=40, hidden=16, depth=1, generator=gen(7),

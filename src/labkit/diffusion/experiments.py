@@ -69,9 +69,14 @@ def guided_run(
     denoiser: Denoiser | None = None,
     sampler: str | Sampler = "heun",
     k: int = 3,
+    generator: torch.Generator | None = None,
 ) -> GuidedRun:
     """Sample from ``x`` at ``sigmas[0]`` with ``denoiser`` (the mixture's exact one by default) and the
-    ``guidance`` policy, conditioned on ``label``, and measure the samples against the mixture's class."""
+    ``guidance`` policy, conditioned on ``label``, and measure the samples against the mixture's class.
+
+    ``sampler`` is a name of :data:`~labkit.diffusion.SAMPLERS` or a sampler function; ``generator`` feeds
+    the noise of a stochastic sampler ("ddpm"), so that it leaves torch's global generator as found (it is
+    passed to the sampler only when given, so any sampler function works without it)."""
     if not isinstance(mixture, GaussianMixture):
         raise TypeError(f"mixture must be a GaussianMixture, got {type(mixture).__name__}")
     if not isinstance(label, int) or isinstance(label, bool):
@@ -82,7 +87,10 @@ def guided_run(
     if reference is not None:
         check_samples(reference, "reference", ndim=2, dim=mixture.dim, min_n=2)
         checks.integer(k, "k", low=1, high=reference.shape[0] - 1)
-    out = get_sampler(sampler)(mixture if denoiser is None else denoiser, x, sigmas, label=label, guidance=guidance)
+    check_generator(generator)
+    extra = {} if generator is None else {"generator": generator}
+    out = get_sampler(sampler)(mixture if denoiser is None else denoiser, x, sigmas, label=label, guidance=guidance,
+                               **extra)
     samples = out.samples
     modes = mode_mass(samples, mixture, label=label)[mixture.labels == label].tolist()
     confidence = mixture.class_posterior(samples, 0.0)[:, label].mean().item()
@@ -102,14 +110,16 @@ def guidance_sweep(
     reference: torch.Tensor | None = None,
     denoiser: Denoiser | None = None,
     sampler: str | Sampler = "heun",
+    generator: torch.Generator | None = None,
 ) -> dict[K, GuidedRun]:
     """:func:`guided_run` for every policy of ``policies`` from the same start ``x``: ``{key: GuidedRun}``
     (the guidance-scale sweep of Dhariwal & Nichol's Fig. 4, the interval placements of
-    Kynkäänniemi et al.'s Fig. 2, adaptive guidance against full CFG)."""
+    Kynkäänniemi et al.'s Fig. 2, adaptive guidance against full CFG). A stochastic ``sampler`` draws
+    from ``generator`` run after run (one stream for the whole sweep)."""
     if not isinstance(policies, Mapping) or not policies:
         raise ValueError("policies must be a non-empty mapping {name: GuidancePolicy or None}")
     return {key: guided_run(mixture, x, sigmas, policy, label=label, reference=reference, denoiser=denoiser,
-                            sampler=sampler) for key, policy in policies.items()}
+                            sampler=sampler, generator=generator) for key, policy in policies.items()}
 
 
 class TrainedDenoiser(NamedTuple):
