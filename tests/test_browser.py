@@ -1,5 +1,6 @@
-"""A real-browser test: JupyterLab on 127.0.0.1 with a token, the exemplar notebook run in headless Chromium,
-a widget moved with the keyboard, and the plotly figure checked to have changed."""
+"""Real-browser tests, one notebook per pillar: JupyterLab on 127.0.0.1 with a token, the notebook run in
+headless Chromium, its explorer's control moved as a reader would, and the plotly figure's data checked to have
+changed. ``LABKIT_SCREENSHOTS=DIR`` keeps a screenshot of each explorer."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from labkit.catalog import repo_root
 
 CHROMIUM = "/usr/bin/chromium"
-EXEMPLAR = repo_root() / "notebooks" / "grokking" / "01_benign_overfitting_xor.ipynb"
+NOTEBOOKS = repo_root() / "notebooks"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -44,16 +45,29 @@ def _wait_for_server(url: str, proc: subprocess.Popen, timeout: float = 90) -> N
     raise TimeoutError(f"JupyterLab did not answer at {url} within {timeout} s")
 
 
-@pytest.fixture
-def jupyterlab(tmp_path):
-    """JupyterLab serving a copy of the exemplar (so autosave never touches the repository)."""
+# One notebook per pillar: the explorer control moved in the browser (its keyword in explore(...)).
+BROWSER_CASES = {
+    "attributions": ("attributions/01_integrated_gradients.ipynb", "steps"),
+    "hessian": ("hessian/04_edge_of_stability.ipynb", "fraction"),
+    "grokking": ("grokking/01_benign_overfitting_xor.ipynb", "step"),
+    "diffusion": ("diffusion/03_guidance_interval.ipynb", "w"),
+    "sam": ("sam/03_sharpness_vs_generalization.ipynb", "measure"),
+}
+
+
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """One JupyterLab serving copies of the browser-tested notebooks (so autosave never touches the repository);
+    yields a function from a notebook's relative path to its URL."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium package")
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    tmp_path = tmp_path_factory.mktemp("jupyterlab")
     work = tmp_path / "lab"
-    work.mkdir()
-    shutil.copy(EXEMPLAR, work / EXEMPLAR.name)
+    for relative, _control in BROWSER_CASES.values():
+        (work / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(NOTEBOOKS / relative, work / relative)
     # render every cell (JupyterLab's default windowing drops off-screen outputs from the DOM) and no news pop-up
     settings = tmp_path / "settings"
     for plugin, values in {"notebook-extension/tracker": '{"windowingMode": "none"}',
@@ -73,9 +87,11 @@ def jupyterlab(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", proc)
-        yield f"http://127.0.0.1:{port}/lab/tree/{EXEMPLAR.name}?token={token}"
+        # a workspace per notebook: JupyterLab restores no tab of an earlier test
+        yield lambda relative: (f"http://127.0.0.1:{port}/lab/workspaces/{Path(relative).stem}/tree/{relative}"
+                                f"?reset&token={token}")
     finally:
-        proc.terminate()  # stop the server by its PID
+        proc.terminate()  # stop the server (and its kernels) by its PID
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -116,33 +132,66 @@ def _run_all_cells(page) -> None:
     raise AssertionError("JupyterLab did not run the notebook's first cell after five Run All attempts")
 
 
-def test_exemplar_runs_in_jupyterlab_and_its_widget_redraws_the_figure(jupyterlab, tmp_path):
+_PLOT_DATA = "el => JSON.stringify(el.data.map(t => [t.x, t.y, t.z, t.marker && t.marker.color]))"
+
+
+def _move(page, explorer, control: str) -> None:
+    """Move one explorer control as a reader would: a slider's handle one step right with the keyboard, a
+    dropdown to its next option, a toggle to its next button; in button mode, then press the Run button."""
+    box = explorer.locator(f".labkit-control-{control}").first
+    box.scroll_into_view_if_needed()
+    if box.locator(".noUi-handle").count():
+        handle = box.locator(".noUi-handle").first
+        handle.focus()
+        page.keyboard.press("ArrowRight")
+    elif box.locator("select").count():
+        select = box.locator("select").first
+        options = select.locator("option")
+        current = select.evaluate("el => el.selectedIndex")
+        select.select_option(index=(current + 1) % options.count())
+    elif box.locator("button").count() > 1:
+        buttons = box.locator("button")
+        classes = [buttons.nth(i).get_attribute("class") or "" for i in range(buttons.count())]
+        active = next(i for i, c in enumerate(classes) if "mod-active" in c)
+        buttons.nth((active + 1) % buttons.count()).click()
+    else:
+        raise AssertionError(f"control {control!r} is neither a slider, a dropdown nor toggle buttons")
+    run = explorer.locator(".labkit-run")
+    if run.count():
+        run.first.click()
+
+
+@pytest.mark.parametrize("pillar", list(BROWSER_CASES))
+def test_explorer_redraws_in_jupyterlab_when_a_control_moves(pillar, jupyterlab, tmp_path):
+    """Run All in JupyterLab (headless Chromium), move the explorer's control, see the plot's data redraw."""
     from playwright.sync_api import sync_playwright
 
+    relative, control = BROWSER_CASES[pillar]
+    shots = Path(os.environ.get("LABKIT_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page.goto(jupyterlab)
+            page.goto(jupyterlab(relative))
             page.wait_for_selector(".jp-NotebookPanel .jp-CodeCell", timeout=90_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
             _run_all_cells(page)
 
-            title = page.locator(".jp-OutputArea .js-plotly-plot .gtitle", has_text="step 1:").first
-            title.wait_for(state="attached", timeout=300_000)
-            before = title.text_content()
-
-            handle = page.locator(".jp-OutputArea .widget-slider .noUi-handle").first
-            handle.scroll_into_view_if_needed()
-            handle.focus()
-            page.keyboard.press("ArrowRight")
-
-            changed = page.locator(".jp-OutputArea .js-plotly-plot .gtitle", has_text="step 2:").first
-            changed.wait_for(state="attached", timeout=60_000)
-            after = changed.text_content()
-            assert before != after and after.startswith("step 2:")
+            explorer = page.locator(".jp-OutputArea .labkit-explorer").first
+            plot = explorer.locator(".js-plotly-plot").first
+            plot.wait_for(state="attached", timeout=300_000)
+            _wait_for_idle_kernel(page, timeout=300)  # every cell ran, so the move is all the kernel does
+            before = plot.evaluate(_PLOT_DATA)
+            _move(page, explorer, control)
+            deadline = time.monotonic() + 60
+            while plot.evaluate(_PLOT_DATA) == before:
+                assert time.monotonic() < deadline, f"moving {control!r} did not redraw the plot within 60 s"
+                time.sleep(0.25)
+            _wait_for_idle_kernel(page, settle=1.0, timeout=120)
             tracebacks = page.locator(".jp-OutputArea-output", has_text="Traceback (most recent call last)")
             assert tracebacks.count() == 0
+            explorer.screenshot(path=str(shots / f"{pillar}-explorer.png"))
         except BaseException:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             raise
