@@ -2,6 +2,8 @@
 #   make reproduce   run every notebook headless, write build/report/ (claims table), fail if a claim fails
 #   make test        ruff + unit tests + every notebook (nbval as shipped, papermill with seed 1) + browser test
 #   make lab         JupyterLab on 127.0.0.1 with a token
+#   make explorers   every notebook once, then every explorer control moved in the same kernel ->
+#                    build/explorers/explorers.md (what each control recomputes, median response time)
 #   make bench       side-by-side timings against the peer libraries (benchmarks/results/)
 #   make sweep       every notebook over several seeds (SEEDS=0-4 EXECUTOR=process|dask [ADDRESS=tcp://HOST:PORT])
 #                    -> build/sweep/robustness.md and robustness.json
@@ -29,7 +31,7 @@ SEEDS  ?= 0-4
 EXECUTOR ?= dask
 ADDRESS ?=
 
-.PHONY: install reproduce sweep robustness student site test actionlint unit notebooks browser chromium lab bench lint strip clean lock
+.PHONY: install reproduce explorers sweep robustness student site test actionlint unit notebooks browser chromium lab bench lint strip clean lock
 
 install: $(STAMP)
 
@@ -57,6 +59,10 @@ lock:
 
 reproduce: install
 	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --jobs $(JOBS) --seed $(SEED) --scale $(SCALE)
+
+explorers: install
+	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --explorers --jobs $(JOBS) --seed $(SEED) --scale $(SCALE) \
+	  --out build/explorers
 
 # The notebook x seed grid on Dask (a LocalCluster of $(JOBS) single-thread workers, or the scheduler at ADDRESS).
 sweep: install
