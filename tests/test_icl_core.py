@@ -215,3 +215,29 @@ def test_bad_input():
         gd_equivalence(torch.nn.Linear(2, 1), p)
     with pytest.raises(ValueError, match="d"):
         LinearSelfAttention(0)
+
+
+def test_step_size_and_fitted_preconditioner():
+    from labkit.icl import fit_preconditioner, fit_step_size, optimal_step_size
+
+    assert optimal_step_size(5, n_ctx=20, noise=0.5) == pytest.approx(20 / 26.25)
+    cov = anisotropic_cov(3, condition=6.0, generator=gen(18))
+    p = regression_prompts(100000, d=3, n_ctx=6, cov=cov, noise=0.3, generator=gen(19))
+    assert fit_step_size(p) == pytest.approx(optimal_step_size(3, n_ctx=6, cov=cov, noise=0.3), rel=0.03)
+    torch.testing.assert_close(fit_preconditioner(p), optimal_preconditioner(3, n_ctx=6, cov=cov, noise=0.3),
+                               atol=0.03, rtol=0.03)
+    with pytest.raises(ValueError, match="prompts"):
+        fit_preconditioner(regression_prompts(4, d=3, n_ctx=2, generator=gen()))
+
+
+def test_one_step_gd_experiment_and_cosine_schedule():
+    from labkit.icl import one_step_gd_experiment
+
+    res = one_step_gd_experiment(d=2, n_ctx=8, noise=0.1, steps=150, batch=128, lr=0.05, init_scale=0.3, n_test=2048,
+                                 init_generator=gen(20), generator=gen(21), progress=False)
+    assert len(res.history.loss) == 150 and res.optimum.shape == (2, 2)
+    assert res.cosine_to_optimum > 0.98 and res.precond_error < 0.15
+    assert res.errors["trained attention"] < 1.05 * res.errors["one GD step, best Γ"]
+    assert res.errors["least squares"] < res.errors["trained attention"]
+    with pytest.raises(ValueError, match="schedule"):
+        train_icl(LinearSelfAttention(2), steps=1, batch=2, d=2, n_ctx=2, schedule="step")
