@@ -51,7 +51,7 @@ BROWSER_CASES = {
     "hessian": ("hessian/04_edge_of_stability.ipynb", "fraction"),
     "grokking": ("grokking/01_benign_overfitting_xor.ipynb", "step"),
     "diffusion": ("diffusion/03_guidance_interval.ipynb", "w"),
-    "sam": ("sam/03_sharpness_vs_generalization.ipynb", "measure"),
+    "sam": ("sam/01_sharpness_aware_minimization.ipynb", "m"),
 }
 
 
