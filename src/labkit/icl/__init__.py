@@ -1,7 +1,8 @@
 """In-context learning: transformers that run gradient descent in their forward pass.
 
 Regression prompts (``prompts``), one layer of linear self-attention with its training and its reading as a
-GD step (``attention``), and the reference predictors it is compared with (``predictors``).
+GD step (``attention``), the reference predictors it is compared with (``predictors``) and the icl/01
+experiment (``experiments``).
 
 References: Mahankali, Hashimoto, Ma (2023) https://arxiv.org/abs/2307.03576; Zhang, Frei, Bartlett (2023)
 https://arxiv.org/abs/2306.09927; von Oswald et al. (2023) https://arxiv.org/abs/2212.07677.
@@ -9,6 +10,7 @@ https://arxiv.org/abs/2306.09927; von Oswald et al. (2023) https://arxiv.org/abs
 
 from labkit.icl.attention import (
     OPTIMIZERS,
+    SCHEDULES,
     GDMatch,
     LinearSelfAttention,
     gd_attention,
@@ -16,21 +18,26 @@ from labkit.icl.attention import (
     implied_preconditioner,
     train_icl,
 )
+from labkit.icl.experiments import OneStepGD, one_step_gd_experiment
 from labkit.icl.predictors import (
     context_correlation,
+    fit_preconditioner,
+    fit_step_size,
     matrix_cosine,
     mse,
     off_identity_share,
     ols_predict,
     one_step_gd_predict,
     optimal_preconditioner,
+    optimal_step_size,
     ridge_predict,
 )
 from labkit.icl.prompts import TASKS, Prompts, anisotropic_cov, check_prompts, regression_prompts, tokens
 
 __all__ = [
-    "OPTIMIZERS", "TASKS", "GDMatch", "LinearSelfAttention", "Prompts", "anisotropic_cov", "check_prompts",
-    "context_correlation", "gd_attention", "gd_equivalence", "implied_preconditioner", "matrix_cosine", "mse",
-    "off_identity_share", "ols_predict", "one_step_gd_predict", "optimal_preconditioner", "regression_prompts",
-    "ridge_predict", "tokens", "train_icl",
+    "GDMatch", "LinearSelfAttention", "OPTIMIZERS", "OneStepGD", "Prompts", "SCHEDULES", "TASKS", "anisotropic_cov",
+    "check_prompts", "context_correlation", "fit_preconditioner", "fit_step_size", "gd_attention", "gd_equivalence",
+    "implied_preconditioner", "matrix_cosine", "mse", "off_identity_share", "ols_predict", "one_step_gd_experiment",
+    "one_step_gd_predict", "optimal_preconditioner", "optimal_step_size", "regression_prompts", "ridge_predict",
+    "tokens", "train_icl",
 ]

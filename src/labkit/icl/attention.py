@@ -159,19 +159,21 @@ def gd_equivalence(model: LinearSelfAttention, prompts: Prompts) -> GDMatch:
 
 
 OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine")
 
 
 def train_icl(model: LinearSelfAttention, *, steps: int, batch: int, d: int, n_ctx: int,
               cov: torch.Tensor | None = None, noise: float = 0.0, task: str = "linear",
-              w_cov: torch.Tensor | None = None, lr: float = 1e-2,
-              optimizer: str = "adam", generator: torch.Generator | None = None,
+              w_cov: torch.Tensor | None = None, lr: float = 1e-2, optimizer: str = "adam",
+              schedule: str = "constant", generator: torch.Generator | None = None,
               metrics: Mapping[str, Callable[[nn.Module], float]] | None = None,
               eval_every: int | Sequence[int] | None = None, progress: bool | None = None,
               stop_when: Callable[[History], bool] | None = None, desc: str = "icl training") -> History:
     """Train ``model`` in place on fresh prompts every step (``batch`` prompts of :func:`regression_prompts`
     with ``cov``, ``noise``, ``task``, ``w_cov``, drawn from ``generator``) to minimise the query's squared
     error ``mean (f(Z) − y_query)²``, through :func:`labkit.training.fit` with Adam or plain SGD at learning
-    rate ``lr``.
+    rate ``lr``, constant or (``schedule="cosine"``) annealed to 0 over the run (fresh prompts every step make
+    the gradient noisy; annealing lets the weights settle at the minimum).
 
     ``model`` may be any module taking a :class:`Prompts` and returning ``(n,)`` predictions (deeper linear
     transformers too). Returns the :class:`History` (per-step loss, ``metrics`` at ``eval_every``)."""
@@ -187,6 +189,8 @@ def train_icl(model: LinearSelfAttention, *, steps: int, batch: int, d: int, n_c
         raise ValueError(f"lr must be a finite float > 0, got {lr!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     check_generator(generator)
     cov = check_cov(cov, d)
     w_cov = check_cov(w_cov, d, name="w_cov")
@@ -204,5 +208,6 @@ def train_icl(model: LinearSelfAttention, *, steps: int, batch: int, d: int, n_c
         p = p.to(device)
         return ((m(p) - p.y_query) ** 2).mean()
 
-    return fit(model, loss_fn, None, optimizer=opt, steps=steps, metrics=metrics, eval_every=eval_every,
-               stop_when=stop_when, progress=progress, desc=desc)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if schedule == "cosine" else None
+    return fit(model, loss_fn, None, optimizer=opt, steps=steps, scheduler=scheduler, metrics=metrics,
+               eval_every=eval_every, stop_when=stop_when, progress=progress, desc=desc)

@@ -130,3 +130,35 @@ def off_identity_share(precond: torch.Tensor) -> float:
     g = _square(precond, "precond")
     d = g.shape[0]
     return float((g - torch.trace(g) / d * torch.eye(d, dtype=g.dtype)).norm() / g.norm().clamp_min(1e-300))
+
+
+def optimal_step_size(d: int, *, n_ctx: int, cov: torch.Tensor | None = None, noise: float = 0.0,
+                      w_cov: torch.Tensor | None = None) -> float:
+    """The best plain step ``η*`` (``Γ = ηI``) for the prompts of :func:`regression_prompts` (linear task):
+    ``η* = tr(Σ² W) / tr(Σ M)`` with ``M`` as in :func:`optimal_preconditioner`; ``n / (n + d + 1 + noise²)``
+    for ``Σ = W = I`` (Mahankali et al. 2023, arXiv 2307.03576, the isotropic case)."""
+    optimal_preconditioner(d, n_ctx=n_ctx, cov=cov, noise=noise, w_cov=w_cov)  # checks the arguments
+    eye = torch.eye(d, dtype=torch.float64)
+    sigma = eye if cov is None else cov.detach().double().cpu()
+    w = eye if w_cov is None else w_cov.detach().double().cpu()
+    m = (1 + 1 / n_ctx) * sigma @ w @ sigma + (torch.trace(w @ sigma) + noise**2) / n_ctx * sigma
+    return float(torch.trace(sigma @ sigma @ w) / torch.trace(sigma @ m))
+
+
+def fit_preconditioner(prompts: Prompts) -> torch.Tensor:
+    """The ``(d, d)`` preconditioner whose one-step GD predictions fit ``prompts.y_query`` best in least squares
+    (the prediction ``x_queryᵀ Γ h`` is linear in ``Γ``): the empirical optimum, for any task (``tanh`` too)."""
+    p = check_prompts(prompts)
+    h = context_correlation(p).double()
+    feats = torch.einsum("na,nb->nab", p.x_query.double(), h).reshape(p.n, -1)
+    if p.n < feats.shape[1]:
+        raise ValueError(f"fit_preconditioner needs at least d² = {feats.shape[1]} prompts, got {p.n}")
+    sol = torch.linalg.lstsq(feats.cpu(), p.y_query.double().cpu().unsqueeze(-1)).solution
+    return sol.reshape(p.d, p.d).to(p.x_query.dtype)
+
+
+def fit_step_size(prompts: Prompts) -> float:
+    """The plain step ``η`` whose one-step GD predictions fit ``prompts.y_query`` best in least squares."""
+    p = check_prompts(prompts)
+    f = one_step_gd_predict(p, eta=1.0).double()
+    return float((f @ p.y_query.double()) / (f @ f).clamp_min(1e-300))
