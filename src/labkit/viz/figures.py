@@ -175,6 +175,7 @@ def decision_map(u: Any, v: Any, values: Any, *, points: Any = None, point_color
             fig.add_trace(go.Scatter(x=pts[sel, 0], y=pts[sel, 1], mode="markers", name=name,
                                      marker=dict(symbol=symbol, size=7, color=colours[sel], colorscale=colorscale,
                                                  cmin=-1, cmax=1, line=dict(width=0.6, color="#222"))))
-    fig.update_layout(hovermode="closest")
+    # the legend above the plot, so it never sits on the colour bar at the right
+    fig.update_layout(hovermode="closest", legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return _finish(fig, title, x_title, y_title, height)
