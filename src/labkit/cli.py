@@ -7,6 +7,7 @@ reproduced or a notebook failed, 2 a usage error (bad option values are refused 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -61,6 +62,10 @@ def _check_reproduce_options(args: argparse.Namespace) -> None:
             raise UsageError("--resume works with one --seed; a --seeds sweep always runs its whole grid")
         if args.explorers:
             raise UsageError("--explorers works with one --seed (the explorers do not depend on the seed sweep)")
+    elif args.merge_into is not None:
+        raise UsageError("--merge-into needs --seeds (it merges a seed sweep into a published robustness.json)")
+    if args.merge_into is not None and not str(args.merge_into).endswith(".json"):
+        raise UsageError(f"--merge-into must name a robustness .json file, got {args.merge_into!r}")
     if args.address is not None and args.executor != "dask":
         raise UsageError("--address needs --executor dask (it names a running Dask scheduler)")
     if args.seed < 0:
@@ -138,6 +143,18 @@ def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path, skipp
     print()
     print(text)
     print(f"report: {out / 'robustness.md'} and {out / 'robustness.json'}, records under {out}/seed-<K>/")
+    if args.merge_into is not None:
+        from labkit.sweep import merge_into
+
+        published = Path(args.merge_into)
+        update = json.loads((out / "robustness.json").read_text())
+        try:
+            merged_text, merged_ok = merge_into(published, update, keep=[i.name for i in discover(_root(args))])
+        except ValueError as exc:
+            raise UsageError(f"--merge-into: {exc}") from None
+        print(merged_text.splitlines()[2])
+        print(f"merged into {published} (and {published.with_suffix('.md')})")
+        ok &= merged_ok
     return 0 if ok else 1
 
 
@@ -249,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--max-minutes", type=float, default=None, metavar="N",
                        help="skip (and list) notebooks whose recorded time at this scale and device exceeds N "
                             "minutes (metadata.labkit.cost, see `labkit cost`); unmeasured ones run")
+    p_rep.add_argument("--merge-into", metavar="PATH.json",
+                       help="with --seeds: replace the swept notebooks' rows in this published robustness.json (and "
+                            "its .md), keeping the other notebooks' rows (make robustness NOTEBOOKS=...)")
     p_rep.add_argument("--explorers", action="store_true",
                        help="after each notebook ran, move every control of its explorers in the same kernel and "
                             "write explorers.md (what each control recomputes, median response time); a control "

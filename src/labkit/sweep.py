@@ -193,6 +193,48 @@ def write_robustness(out_dir: Path, results: Sequence[TaskResult], *, seeds: Seq
     return text, ok
 
 
+def merge_robustness(base: dict[str, Any], update: dict[str, Any], *, keep: Sequence[str]) -> dict[str, Any]:
+    """The published sweep ``base`` with every row of the notebooks ``update`` swept replaced by ``update``'s, and
+    rows of notebooks no longer in ``keep`` (the workbook's notebooks) dropped. Both must share seeds and scale;
+    ``wall_seconds`` becomes the sum of the sweeps' wall times (``parts`` lists them)."""
+    for key in ("seeds", "scale"):
+        if base[key] != update[key]:
+            raise ValueError(f"cannot merge a sweep with {key} {update[key]} into one with {key} {base[key]}")
+    swept = {r["notebook"] for r in update["runs"]} | set(update.get("skipped", {}))
+    kept = set(keep) - swept
+
+    def rows(payload: dict[str, Any], field: str) -> list[Any]:
+        return [r for r in payload[field] if r["notebook"] in kept]
+
+    claims = rows(base, "claims") + update["claims"]
+    runs = rows(base, "runs") + update["runs"]
+    failures = [f for f in base["failures"] if f.split(" (seed")[0] in kept] + update["failures"]
+    skipped = {k: v for k, v in base.get("skipped", {}).items() if k in kept} | dict(update.get("skipped", {}))
+    order = {name: i for i, name in enumerate(keep)}
+    claims.sort(key=lambda c: order.get(c["notebook"], len(order)))
+    runs.sort(key=lambda r: (order.get(r["notebook"], len(order)), r["seed"]))
+    n = len(base["seeds"])
+    bad = [c for c in claims if c["expected"] and c["kind"] == "claim" and not all(c["holds"])]
+    ok = not bad and not failures and all(len(c["holds"]) == n for c in claims)
+    parts = [*base.get("parts", [{"notebooks": len({r["notebook"] for r in rows(base, "runs")}),
+                                  "wall_seconds": base.get("wall_seconds")}]),
+             {"notebooks": len(swept), "wall_seconds": update.get("wall_seconds")}]
+    parts = [p for p in parts if p["notebooks"]]
+    wall = sum(p["wall_seconds"] or 0.0 for p in parts)
+    return {"seeds": base["seeds"], "scale": base["scale"], "ok": ok, "failures": failures,
+            "wall_seconds": round(wall, 1), "parts": parts, "runs": runs, "skipped": skipped, "claims": claims}
+
+
+def merge_into(published: Path, update: dict[str, Any], *, keep: Sequence[str]) -> tuple[str, bool]:
+    """Merge a sweep into the published ``robustness.json`` at ``published`` (written there with its ``.md``)."""
+    base = json.loads(published.read_text()) if published.exists() else None
+    payload = update if base is None else merge_robustness(base, update, keep=keep)
+    write_json_atomic(published, payload)
+    text = robustness_markdown(payload)
+    published.with_suffix(".md").write_text(text)
+    return text, payload["ok"]
+
+
 def _fmt(value: Any) -> str:
     from labkit.repro import format_value
 
@@ -212,6 +254,9 @@ def robustness_markdown(payload: dict[str, Any]) -> str:
     if payload.get("wall_seconds") is not None:
         lines.append(f"Wall time of the sweep: {payload['wall_seconds'] / 60:.1f} min "
                      f"({len(payload.get('runs', []))} notebook runs).")
+    if len(payload.get("parts", [])) > 1:
+        lines.append("Merged from sweeps of part of the notebooks: " + "; ".join(
+            f"{p['notebooks']} notebooks in {(p['wall_seconds'] or 0) / 60:.1f} min" for p in payload["parts"]) + ".")
     lines.append("")
     lines.append("| notebook | claim | kind | expected | criterion | measured per seed | verdict |")
     lines.append("|---|---|---|---|---|---|---|")
