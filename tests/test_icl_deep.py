@@ -1,5 +1,7 @@
 """labkit.icl.deep and labkit.icl.flow: the deep linear transformer, its baselines and the gradient-flow theory."""
 
+import math
+
 import pytest
 import torch
 
@@ -16,6 +18,7 @@ from labkit.icl.deep import (
     train_linear_transformer,
     tune_gd_step,
     tune_ridge,
+    warmup_cosine,
 )
 from labkit.icl.flow import paper_initialization, prediction_error
 
@@ -88,8 +91,25 @@ def test_tuning_picks_the_grid_minimum_and_the_oracle_is_the_floor():
 
 def test_training_lowers_the_loss_and_matches_one_gd_step_for_one_layer():
     model = LinearTransformer(3, layers=1, generator=gen())
-    h = train_linear_transformer(model, steps=300, batch=128, n_ctx=10, lr=1e-2, generator=gen(1), progress=False)
+    h = train_linear_transformer(model, steps=300, batch=128, n_ctx=10, lr=3e-2, generator=gen(1), progress=False)
     assert h.loss[-1] < 0.5 * h.loss[0]
+    # oracle: a trained layer is at best one preconditioned GD step, and Γ ∝ I is optimal for isotropic inputs
+    data = noisy_prompts(4000, d=3, n_ctx=10, sigmas=[0.0], generator=gen(2))
+    with torch.no_grad():
+        lt = float(((model(data.prompts).double() - data.clean.double()) ** 2).mean())
+    best = min(tune_gd_step(data, steps=1, etas=torch.linspace(0.2, 1.2, 51).tolist()).errors)
+    assert 0.99 * best <= lt <= 1.05 * best
+
+
+def test_warmup_cosine_ramps_up_then_anneals_to_zero():
+    f = [warmup_cosine(s, steps=100, warmup=0.2) for s in range(101)]
+    assert f[0] == pytest.approx(0.05 * 0.5 * (1 + math.cos(0.0)))          # (0 + 1) / 20 of the way up
+    assert f[19] == pytest.approx(0.5 * (1 + math.cos(math.pi * 19 / 100)))  # ramp done: the plain cosine
+    assert max(f) == f[19] and f[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(f[19:], f[20:], strict=False))         # non-increasing after the ramp
+    assert warmup_cosine(5, steps=10, warmup=0.0) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="warmup"):
+        warmup_cosine(0, steps=10, warmup=1.0)
 
 
 def test_paper_initialization_and_the_error_formula_against_monte_carlo():
@@ -120,6 +140,10 @@ def test_bad_input_is_refused():
         estimated_noise(regression_prompts(2, d=3, n_ctx=3))
     with pytest.raises(ValueError, match="optimizer"):
         train_linear_transformer(LinearTransformer(2), steps=1, batch=2, n_ctx=3, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="schedule"):
+        train_linear_transformer(LinearTransformer(2), steps=1, batch=2, n_ctx=3, schedule="step")
+    with pytest.raises(ValueError, match="betas"):
+        train_linear_transformer(LinearTransformer(2), steps=1, batch=2, n_ctx=3, betas=(0.9, 1.0))
     with pytest.raises(TypeError, match="LinearTransformer"):
         train_linear_transformer(torch.nn.Linear(2, 1), steps=1, batch=2, n_ctx=3)
     with pytest.raises(ValueError, match="sigma"):
