@@ -57,6 +57,7 @@ def per_example_grads(
     *,
     params: Sequence[nn.Parameter] | None = None,
     chunk_size: int | str = "auto",
+    name: str = "data",
 ) -> torch.Tensor:
     """The gradient of each example's loss with respect to ``params``: a ``(n, P)`` tensor.
 
@@ -68,12 +69,13 @@ def per_example_grads(
     Computed with ``torch.func.vmap`` over examples of ``torch.func.grad``, ``chunk_size`` examples at a
     time (``"auto"``: about 64 MiB of gradients per chunk). The model runs in eval mode (per-example batch
     statistics would be meaningless); its parameters, ``.grad``, ``requires_grad``, modes and buffers are
-    left as found. The result is detached, in the parameters' dtype and on their device.
+    left as found. The result is detached, in the parameters' dtype and on their device. ``name`` is how errors
+    about ``data`` call it (``"train"``, ``"query"``).
     """
     check_loss_fn(loss_fn)
     chosen = resolve_params(model, params)
     check_params_finite(model, chosen)
-    batches = checked_data(data, model)
+    batches = checked_data(data, model, name)
     numel = sum(p.numel() for p in chosen)
     if chunk_size == "auto":
         size = max(1, min(1024, _AUTO_FLOATS // max(numel, 1)))
@@ -101,7 +103,12 @@ def per_example_grads(
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             for part in even_chunks(len(x), size):
-                g = per_example(wrt, x[part], y[part])
+                try:
+                    g = per_example(wrt, x[part], y[part])
+                except RuntimeError as exc:
+                    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise ValueError(f"{name} (inputs {tuple(x.shape)}, targets {tuple(y.shape)}) does not fit the "
+                                     f"model and loss_fn: {text}") from exc
                 rows.append(torch.cat([g[n].reshape(g[n].shape[0], -1) for n in wrt_names], dim=1))
     out = torch.cat(rows).detach()
     if not math.isfinite(float(out.sum())) and not bool(torch.isfinite(out).all()):
