@@ -52,6 +52,7 @@ BROWSER_CASES = {
     "grokking": ("grokking/01_benign_overfitting_xor.ipynb", "step"),
     "diffusion": ("diffusion/03_guidance_interval.ipynb", "w"),
     "sam": ("sam/01_sharpness_aware_minimization.ipynb", "m"),
+    "icl": ("icl/01_one_step_gd.ipynb", "n_ctx"),
 }
 
 

@@ -144,8 +144,12 @@ def scatter_2d(points: Any, *, color: Any = None, symbol: Any = None, title: str
 
 def bar_chart(values: Mapping[str, float], *, title: str | None = None, y_title: str | None = None,
               height: int | None = 340) -> go.Figure:
-    """Bars for ``{label: value}``."""
+    """Bars for ``{label: value}`` (long labels get the room they need below the axis)."""
     fig = go.Figure(go.Bar(x=list(values), y=[float(v) for v in values.values()], marker_color=PALETTE[0]))
+    longest = max((len(str(k)) for k in values), default=0)
+    fig.update_xaxes(automargin=True)
+    if height is not None and longest > 10:
+        height += 5 * (longest - 10)  # rotated labels take about 5 px per character
     return _finish(fig, title, None, y_title, height)
 
 
