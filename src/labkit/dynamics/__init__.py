@@ -7,4 +7,26 @@ outliers with opposing signals (:mod:`labkit.dynamics.opposing`), incremental le
 (:mod:`labkit.dynamics.sensing`) and gradient surgery (:mod:`labkit.dynamics.surgery`).
 """
 
-__all__: list[str] = []
+from labkit.dynamics.curvature import (
+    CurvatureSweep,
+    EigenStats,
+    InverseBatchFit,
+    RegressionBank,
+    StableLR,
+    StableLRSweep,
+    batch_top_eigenvalue,
+    curvature_sweep,
+    inverse_batch_fit,
+    loglog_slope,
+    max_stable_lr,
+    regression_mlp,
+    regression_train_fn,
+    spiked_regression,
+    stable_lr_sweep,
+)
+
+__all__ = [
+    "CurvatureSweep", "EigenStats", "InverseBatchFit", "RegressionBank", "StableLR", "StableLRSweep",
+    "batch_top_eigenvalue", "curvature_sweep", "inverse_batch_fit", "loglog_slope", "max_stable_lr",
+    "regression_mlp", "regression_train_fn", "spiked_regression", "stable_lr_sweep",
+]
