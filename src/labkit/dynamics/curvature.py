@@ -287,7 +287,7 @@ class RegressionBank(nn.Module):
     def __init__(self, model: nn.Sequential, scales: Sequence[float]):
         super().__init__()
         first, last = model[0], model[2]
-        s = torch.as_tensor(list(scales), dtype=first.weight.dtype)
+        s = torch.as_tensor(list(scales), dtype=first.weight.dtype, device=first.weight.device)
         self.register_buffer("scales", s)
         k = len(s)
 
@@ -333,7 +333,7 @@ def regression_train_fn(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor
         bank = RegressionBank(model, (lr.sqrt() if optimizer == "sgd" else lr).tolist())
         with torch.no_grad():
             start = ((bank(x) - y) ** 2).mean(dim=(1, 2))
-        alive = torch.ones(len(lrs), dtype=torch.bool)
+        alive = torch.ones(len(lrs), dtype=torch.bool, device=x.device)
 
         def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
             losses = ((net(batch[0]) - batch[1]) ** 2).mean(dim=(1, 2))
@@ -349,7 +349,7 @@ def regression_train_fn(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor
         with torch.no_grad():
             end = ((bank(x) - y) ** 2).mean(dim=(1, 2))
         end = torch.where(alive & torch.isfinite(end), end, torch.full_like(end, math.inf))
-        return torch.stack([start, end], dim=1).double()
+        return torch.stack([start, end], dim=1).double().cpu()
 
     return train_fn
 
