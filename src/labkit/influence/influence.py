@@ -98,7 +98,10 @@ def exact_ggn(
             n, c = len(x), outs[0].numel()
             j = torch.cat([jac[k].reshape(n, c, -1) for k in names], dim=2)  # (N, C, P)
             h = vmap(hessian(one_loss))(outs, y).reshape(n, c, c)
-            ggn += torch.einsum("nca,ncd,ndb->ab", j, h, j)
+            evals, evecs = torch.linalg.eigh((h + h.transpose(1, 2)) / 2)
+            root = evecs * evals.clamp_min(0).sqrt().unsqueeze(1)  # H_i = L_i L_iᵀ
+            m = (root.transpose(1, 2) @ j).reshape(n * c, -1)  # rows L_iᵀ J_i
+            ggn += m.T @ m
             total += n
     ggn /= total
     return (ggn + ggn.T) / 2
