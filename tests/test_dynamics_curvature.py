@@ -52,6 +52,8 @@ def test_batch_values_are_top_eigenvalues_of_exact_minibatch_hessians():
     stats = batch_top_eigenvalue(model, F.mse_loss, (x, y), batch_size=B, batches=6,
                                  generator=torch.Generator().manual_seed(1), tol=1e-10)
     assert stats.values.shape == (6,) and stats.batch_size == B and stats.converged
+    for idx, v in zip(stats.indices, stats.values, strict=True):  # the recorded batches give the values
+        assert float(v) == pytest.approx(top_exact(model, x[idx], y[idx]), rel=1e-7)
     for v in stats.values:  # each value is the top eigenvalue of one B-subset's exact Hessian
         assert min(abs(float(v) - e) for e in exact) < 1e-7 * max(exact)
     assert stats.full_batch == pytest.approx(top_exact(model, x, y), rel=1e-8)

@@ -45,7 +45,8 @@ class EigenStats:
 
     ``values`` (batches,): the top eigenvalue of each mini-batch Hessian; ``mean`` and ``std`` (unbiased, 0 for
     one batch) over them; ``full_batch``: the top eigenvalue of the Hessian of the mean loss over all of
-    ``data``; ``batch_size``; ``converged``: whether every Lanczos run met its tolerance; ``matvecs`` spent.
+    ``data``; ``batch_size``; ``converged``: whether every Lanczos run met its tolerance; ``matvecs`` spent;
+    ``indices`` (batches, batch_size): the examples of each mini-batch.
     """
 
     mean: float
@@ -55,6 +56,7 @@ class EigenStats:
     batch_size: int
     converged: bool
     matvecs: int
+    indices: torch.Tensor
 
 
 def _top(model: nn.Module, loss_fn: LossFn, batch: tuple[torch.Tensor, torch.Tensor], *, tol: float,
@@ -92,17 +94,19 @@ def batch_top_eigenvalue(
         raise ValueError(f"batch_size must be at most the number of examples in data ({n}), got {batch_size}")
     checks.number(tol, "tol", low=0, low_open=True)
     check_generator(generator)
-    values, converged, matvecs = [], True, 0
+    values, converged, matvecs, drawn = [], True, 0, []
     with preserve_model(model):
         for _ in range(batches):
             idx = randperm(n, generator=generator, device=x.device)[:batch_size]
+            drawn.append(idx.cpu())
             lam, ok, mv = _top(model, loss_fn, (x[idx], y[idx]), tol=tol, generator=generator, params=params)
             values.append(lam)
             converged, matvecs = converged and ok, matvecs + mv
         full, ok, mv = _top(model, loss_fn, (x, y), tol=tol, generator=generator, params=params)
     t = torch.tensor(values, dtype=torch.float64)
     return EigenStats(mean=float(t.mean()), std=float(t.std()) if batches > 1 else 0.0, values=t, full_batch=full,
-                      batch_size=batch_size, converged=converged and ok, matvecs=matvecs + mv)
+                      batch_size=batch_size, converged=converged and ok, matvecs=matvecs + mv,
+                      indices=torch.stack(drawn))
 
 
 @dataclass(frozen=True)
