@@ -82,24 +82,27 @@ def pcgrad(grads: torch.Tensor | Sequence[torch.Tensor], *, generator: torch.Gen
     For each gradient ``g_i``: for every other ``g_j`` (in a random order drawn from ``generator``, or in index
     order when ``generator`` is None) with ``<g_i^PC, g_j> < 0``, set ``g_i^PC <- g_i^PC - <g_i^PC, g_j> /
     |g_j|^2 g_j``. Returns ``sum_i g_i^PC`` (flat, shape ``(d,)``). With two gradients the order does not matter.
-    ``grads``: a ``(k, d)`` tensor or a list of flat tensors of equal size.
+    ``grads``: a ``(k, d)`` tensor or a list of flat tensors of equal size. The projections are carried out on
+    the coefficients in the ``k x k`` Gram matrix (in float64), then the weighted sum is formed once.
     """
     matrix = _as_matrix(grads)
     check_generator(generator)
     k = matrix.shape[0]
-    sq = (matrix * matrix).sum(dim=1)
-    out = torch.zeros_like(matrix[0])
+    # Work in the k x k Gram matrix: g_i^PC = sum_j c_j g_j, so <g_i^PC, g_j> = (G c)_j; one pass over d at the end.
+    gram = (matrix @ matrix.T).to(device="cpu", dtype=torch.float64)
+    weights = torch.zeros(k, dtype=torch.float64)
     for i in range(k):
         order = range(k) if generator is None else torch.randperm(k, generator=generator).tolist()
-        g = matrix[i].clone()
+        c = torch.zeros(k, dtype=torch.float64)
+        c[i] = 1.0
         for j in order:
-            if j == i or sq[j] == 0:
+            if j == i or gram[j, j] == 0:
                 continue
-            inner = (g * matrix[j]).sum()
+            inner = gram[j] @ c
             if inner < 0:
-                g = g - (inner / sq[j]) * matrix[j]
-        out = out + g
-    return out
+                c[j] -= inner / gram[j, j]
+        weights += c
+    return weights.to(matrix) @ matrix
 
 
 class BloopStep(NamedTuple):
