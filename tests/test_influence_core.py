@@ -297,3 +297,14 @@ def test_influence_bad_input():
         influence_scores(model, F.cross_entropy, (x, y), (x, y), tol=1e-3)
     with pytest.raises(ValueError, match="query"):
         influence_scores(model, F.cross_entropy, (x, y), (x[:, :3], y))
+
+
+def test_correlations_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from labkit.influence.influence_experiments import pearson, spearman
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, generator=g, dtype=torch.float64), torch.randn(50, generator=g, dtype=torch.float64)
+    b = a + 0.5 * b
+    assert abs(pearson(a, b) - stats.pearsonr(a.numpy(), b.numpy())[0]) < 1e-10
+    assert abs(spearman(a, b) - stats.spearmanr(a.numpy(), b.numpy())[0]) < 1e-10
