@@ -51,8 +51,6 @@ def _as_matrix(grads: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
                          f"got shape {tuple(matrix.shape)}")
     if not matrix.is_floating_point():
         raise TypeError(f"grads must be floating point, got {matrix.dtype}")
-    if not torch.isfinite(matrix).all():
-        raise ValueError("grads contain NaN or inf")
     return matrix
 
 
@@ -90,19 +88,22 @@ def pcgrad(grads: torch.Tensor | Sequence[torch.Tensor], *, generator: torch.Gen
     k = matrix.shape[0]
     # Work in the k x k Gram matrix: g_i^PC = sum_j c_j g_j, so <g_i^PC, g_j> = (G c)_j; one pass over d at the end.
     gram = (matrix @ matrix.T).to(device="cpu", dtype=torch.float64)
-    weights = torch.zeros(k, dtype=torch.float64)
+    if not torch.isfinite(gram).all():  # NaN or inf anywhere in grads reaches the Gram matrix's diagonal
+        raise ValueError("grads contain NaN or inf (or entries so large that their squares overflow)")
+    g = gram.tolist()  # k is small: the k^2 coefficient updates run on Python floats
+    weights = [0.0] * k
     for i in range(k):
         order = range(k) if generator is None else torch.randperm(k, generator=generator).tolist()
-        c = torch.zeros(k, dtype=torch.float64)
+        c = [0.0] * k
         c[i] = 1.0
         for j in order:
-            if j == i or gram[j, j] == 0:
+            if j == i or g[j][j] == 0:
                 continue
-            inner = gram[j] @ c
+            inner = sum(a * b for a, b in zip(g[j], c, strict=True))
             if inner < 0:
-                c[j] -= inner / gram[j, j]
-        weights += c
-    return weights.to(matrix) @ matrix
+                c[j] -= inner / g[j][j]
+        weights = [w + ci for w, ci in zip(weights, c, strict=True)]
+    return torch.tensor(weights, dtype=torch.float64).to(matrix) @ matrix
 
 
 class BloopStep(NamedTuple):
