@@ -93,12 +93,13 @@ def train_mlp(train: Data, *, hidden: int, steps: int, lr: float, generator: tor
 
 class EstimatorComparison(NamedTuple):
     """Influence scores ``(q, n)`` of each estimator, the seconds each took, its mean per-query Spearman
-    correlation with the exact damped Gauss–Newton influence, and the damping used."""
+    correlation with the exact damped Gauss–Newton influence, the damping used and the dense GGN (float64)."""
 
     scores: dict[str, torch.Tensor]
     seconds: dict[str, float]
     spearman: dict[str, float]
     damping: float
+    ggn: torch.Tensor
 
 
 def compare_estimators(
@@ -144,7 +145,7 @@ def compare_estimators(
 
     rho = {k: sum(spearman(v[j], scores["exact"][j]) for j in range(len(v))) / len(v)
            for k, v in scores.items() if k != "exact"}
-    return EstimatorComparison(scores, seconds, rho, damping)
+    return EstimatorComparison(scores, seconds, rho, damping, ggn)
 
 
 __all__ = ["EstimatorComparison", "LOOResult", "compare_estimators", "loo_experiment", "pearson", "spearman",
