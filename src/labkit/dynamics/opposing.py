@@ -86,12 +86,13 @@ def find_opposing_groups(per_example_losses: torch.Tensor, *, k: int) -> Opposin
     """The two groups of ``k`` examples whose losses swing against each other most.
 
     ``per_example_losses`` (T, n): the loss of every training example at T recorded steps. Rosenfeld and
-    Risteski (arXiv 2311.04163, Sec. 2) pick the training points whose loss changes most between iterations
-    and see them split into two opposing groups; here that is made precise as follows. Take the step-to-step
-    changes ``D`` (T-1, n), centred over time; its leading right singular vector ``v`` (n,) is the pattern of
-    change that explains most of the variance. Examples with large positive loadings gain loss when those
-    with large negative loadings lose it: ``group_a`` is the ``k`` most positive, ``group_b`` the ``k`` most
-    negative. The sign of ``v`` is fixed so that ``group_a``'s mean loss has the larger first rise.
+    Risteski (arXiv 2311.04163) identify the groups from how the training points' losses change along
+    training (the abstract: "we describe how to identify these groups"); this function is labkit's own
+    precise version. Take the step-to-step changes ``D`` (T-1, n), centred over time; its leading right
+    singular vector ``v`` (n,) is the pattern of change that explains most of the variance. Examples with
+    large positive loadings gain loss when those with large negative loadings lose it: ``group_a`` is the
+    ``k`` most positive, ``group_b`` the ``k`` most negative. The sign of ``v`` is fixed so that
+    ``group_a``'s mean loss has the larger first rise.
     """
     losses = checks.tensor(per_example_losses, "per_example_losses", floating=True, ndim=2)
     T, n = losses.shape
