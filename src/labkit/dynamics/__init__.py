@@ -24,8 +24,47 @@ from labkit.dynamics.curvature import (
     spiked_regression,
     stable_lr_sweep,
 )
+from labkit.dynamics.opposing import (
+    OpposingData,
+    OpposingGroups,
+    OpposingRun,
+    antiphase_correlation,
+    find_opposing_groups,
+    opposing_loss,
+    opposing_mlp,
+    opposing_signals_data,
+    train_opposing,
+)
+from labkit.dynamics.sensing import (
+    SensingProblem,
+    SensingRun,
+    incremental_learning_times,
+    matrix_sensing,
+    sensing_gd,
+    sensing_gradient,
+    sensing_loss,
+)
+from labkit.dynamics.surgery import (
+    BloopStep,
+    SurgeryComparison,
+    SurgeryLoss,
+    SurgeryProblem,
+    TwoLossRun,
+    bloop_direction,
+    compare_surgery,
+    pcgrad,
+    project_out,
+    surgery_problem,
+    train_two_losses,
+)
 
 __all__ = [
+    "OpposingData", "OpposingGroups", "OpposingRun", "antiphase_correlation", "find_opposing_groups", "opposing_loss",
+    "opposing_mlp", "opposing_signals_data", "train_opposing",
+    "SensingProblem", "SensingRun", "incremental_learning_times", "matrix_sensing", "sensing_gd", "sensing_gradient",
+    "sensing_loss",
+    "BloopStep", "SurgeryComparison", "SurgeryLoss", "SurgeryProblem", "TwoLossRun", "bloop_direction",
+    "compare_surgery", "pcgrad", "project_out", "surgery_problem", "train_two_losses",
     "CurvatureSweep", "EigenStats", "InverseBatchFit", "RegressionBank", "StableLR", "StableLRSweep",
     "batch_top_eigenvalue", "curvature_sweep", "inverse_batch_fit", "loglog_slope", "max_stable_lr",
     "regression_mlp", "regression_train_fn", "spiked_regression", "stable_lr_sweep",
