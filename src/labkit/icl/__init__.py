@@ -1,8 +1,9 @@
 """In-context learning: transformers that run gradient descent in their forward pass.
 
 Regression prompts (``prompts``), one layer of linear self-attention with its training and its reading as a
-GD step (``attention``), the reference predictors it is compared with (``predictors``) and the icl/01
-experiment (``experiments``).
+GD step (``attention``), the reference predictors it is compared with (``predictors``), the icl/01
+experiment (``experiments``), the gradient-flow theory of one layer (``flow``) and deeper linear transformers
+with their GD and ridge baselines (``deep``).
 
 References: Mahankali, Hashimoto, Ma (2023) https://arxiv.org/abs/2307.03576; Zhang, Frei, Bartlett (2023)
 https://arxiv.org/abs/2306.09927; von Oswald et al. (2023) https://arxiv.org/abs/2212.07677.
@@ -18,7 +19,23 @@ from labkit.icl.attention import (
     implied_preconditioner,
     train_icl,
 )
+from labkit.icl.deep import (
+    LinearTransformer,
+    NoisyPrompts,
+    Tuned,
+    adaptive_ridge_predict,
+    estimated_noise,
+    gd_predict,
+    noisy_prompts,
+    noisy_ridge_predict,
+    oracle_ridge_predict,
+    train_linear_transformer,
+    tune_gd_step,
+    tune_ridge,
+    warmup_cosine,
+)
 from labkit.icl.experiments import OneStepGD, one_step_gd_experiment
+from labkit.icl.flow import paper_initialization, prediction_error
 from labkit.icl.predictors import (
     context_correlation,
     fit_preconditioner,
@@ -40,4 +57,7 @@ __all__ = [
     "implied_preconditioner", "matrix_cosine", "mse", "off_identity_share", "ols_predict", "one_step_gd_experiment",
     "one_step_gd_predict", "optimal_preconditioner", "optimal_step_size", "regression_prompts", "ridge_predict",
     "tokens", "train_icl",
+    "LinearTransformer", "NoisyPrompts", "Tuned", "adaptive_ridge_predict", "estimated_noise", "gd_predict",
+    "noisy_prompts", "noisy_ridge_predict", "oracle_ridge_predict", "train_linear_transformer", "tune_gd_step",
+    "tune_ridge", "warmup_cosine", "paper_initialization", "prediction_error",
 ]
