@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labkit import checks
-from labkit.autograd import check_generator, check_module, preserve_model, train_mode
+from labkit.autograd import check_generator, check_module, preserve_model, rand, randperm, train_mode
 from labkit.sam.experiments import Trained, make_optimizer, train_from
 from labkit.training import fit, fit_loss
 
@@ -77,19 +77,19 @@ def lms_data(
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     g = generator
-    y = torch.randperm(n, generator=g) % 2
+    y = randperm(n, generator=g, device="cpu") % 2           # drawn on the generator's device (house rule)
     sign = 2.0 * y.double() - 1
-    flipped = torch.rand(n, generator=g, dtype=torch.float64) < simple_noise
+    flipped = rand((n,), generator=g, device="cpu", dtype=torch.float64) < simple_noise
     sign = torch.where(flipped, -sign, sign)
-    simple = sign * (margin + (1 - margin) * torch.rand(n, generator=g, dtype=torch.float64))
+    simple = sign * (margin + (1 - margin) * rand((n,), generator=g, device="cpu", dtype=torch.float64))
     centres = slab_centres(slabs)
     owned = [torch.arange(c, slabs, 2) for c in (0, 1)]            # class c owns the slabs j with j % 2 == c
     counts = torch.tensor([len(o) for o in owned])
-    pick = (torch.rand(n, dim - 1, generator=g, dtype=torch.float64) * counts[y].unsqueeze(1)).long()
+    pick = (rand((n, dim - 1), generator=g, device="cpu", dtype=torch.float64) * counts[y].unsqueeze(1)).long()
     slab = torch.where(y.unsqueeze(1) == 0, owned[0][pick.clamp(max=len(owned[0]) - 1)],
                        owned[1][pick.clamp(max=len(owned[1]) - 1)])
     half = (1 - slab_gap) / slabs
-    offset = (2 * torch.rand(n, dim - 1, generator=g, dtype=torch.float64) - 1) * half
+    offset = (2 * rand((n, dim - 1), generator=g, device="cpu", dtype=torch.float64) - 1) * half
     x = torch.cat([simple.unsqueeze(1), centres[slab] + offset], dim=1)
     return LMSData(x.to(dtype=dtype, device=device), y.to(device), (0,), tuple(range(1, dim)))
 
@@ -110,7 +110,7 @@ def randomize_coordinates(x: torch.Tensor, coordinates: Sequence[int], *,
     checks.tensor(x, "x", floating=True, ndim=2, nonempty=True)
     cols = _coordinates(coordinates, x.shape[1], "coordinates")
     check_generator(generator)
-    perm = torch.randperm(len(x), generator=generator).to(x.device)
+    perm = randperm(len(x), generator=generator, device=x.device)
     out = x.clone()
     out[:, cols] = x[perm][:, cols]
     return out
@@ -215,7 +215,7 @@ def kmeans(points: torch.Tensor, k: int = 2, *, iters: int = 50, generator: torc
     checks.positive_int(iters, "iters")
     check_generator(generator)
     pts = points.detach().double()
-    centres = pts[torch.randperm(len(pts), generator=generator)[:k].to(pts.device)].clone()
+    centres = pts[randperm(len(pts), generator=generator, device=pts.device)[:k]].clone()
     labels = torch.cdist(pts, centres).argmin(dim=1)
     for _ in range(iters):
         for j in range(k):
@@ -263,7 +263,7 @@ def useful_split(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, iters: i
         if len(idx) < 2:
             continue
         labels = kmeans(out[idx], 2, iters=iters, generator=generator).labels
-        means = [losses[idx][labels == j].mean() if bool((labels == j).any()) else torch.tensor(-1.0)
+        means = [losses[idx][labels == j].mean() if bool((labels == j).any()) else losses.new_tensor(-1.0)
                  for j in (0, 1)]
         slow[idx[labels == int(torch.stack(means).argmax())]] = True
     return UsefulSplit(slow, losses)
