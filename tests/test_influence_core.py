@@ -258,11 +258,13 @@ def test_ekfac_inverse_undoes_its_product_and_tracks_exact_on_an_mlp():
 
 
 def test_ekfac_refuses_what_it_does_not_cover():
-    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
-    x, y = torch.randn(4, 1, 4, 4), torch.randint(0, 3, (4,))
-    with pytest.raises(NotImplementedError, match="Conv2d"):
-        fit_ekfac(conv, F.cross_entropy, (x, y))
-    fit_ekfac(conv, F.cross_entropy, (x, y), params=list(conv[2].parameters()))  # the Linear layer alone is fine
+    net = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten(), nn.Linear(8, 4), nn.LayerNorm(4))
+    x, y = torch.randn(4, 2, 4, 4), torch.randint(0, 3, (4,))
+    with pytest.raises(NotImplementedError, match="groups=2"):
+        fit_ekfac(net, F.cross_entropy, (x, y))
+    with pytest.raises(NotImplementedError, match="LayerNorm"):
+        fit_ekfac(net, F.cross_entropy, (x, y), params=list(net[2:].parameters()))
+    fit_ekfac(net, F.cross_entropy, (x, y), params=list(net[2].parameters()))  # the Linear layer alone is fine
     model, (x, y) = _mlp(), _data()
     with pytest.raises(ValueError, match="curvature='ggn'"):
         influence_scores(model, F.cross_entropy, (x, y), (x, y), method="ekfac")

@@ -14,9 +14,13 @@ as ``H = L Lᵀ`` and every column of ``L`` is back-propagated, so ``Σ_k g_k g_
 cross-entropy this is the expectation over labels drawn from the model, the "true Fisher"). With one Linear layer
 and one example the factorization is exact: EK-FAC equals the Gauss–Newton matrix.
 
-Covered layers: ``nn.Linear`` applied once per forward pass, on inputs of shape ``(N, in)``. Any other layer
-holding a chosen parameter (``nn.Conv2d`` included) is a ``NotImplementedError`` naming it: choose ``params``
-among the Linear layers' weights and biases to leave it out.
+Covered layers: ``nn.Linear`` on inputs of shape ``(N, in)`` and ``nn.Conv2d`` (``groups=1``, zero padding given
+as numbers), each applied once per forward pass. A convolution's gradient is ``Σ_t g_t a_tᵀ`` over output
+positions ``t`` (``a_t``: the unfolded input patch): its factors are the KFC ones of Grosse & Martens (*A
+Kronecker-factored approximate Fisher matrix for convolution layers*, arXiv 1602.01407), ``A = E[Σ_t a_t a_tᵀ]``,
+``S = E[Σ_t g_t g_tᵀ]``, and the eigenvalue correction uses the exact per-example gradient ``Σ_t g_t a_tᵀ``. Any
+other layer holding a chosen parameter is a ``NotImplementedError`` naming it: choose ``params`` among the covered
+layers' weights and biases to leave it out.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import hessian, vmap
 
@@ -35,7 +40,7 @@ from labkit.influence.per_example import LossFn, check_loss_fn, check_params_fin
 
 @dataclass(frozen=True)
 class LayerFactors:
-    """One Linear layer's factors: eigenvectors of ``A`` (``(in+1, in+1)`` with a bias, else ``(in, in)``) and
+    """One Linear or Conv2d layer's factors: eigenvectors of ``A`` (``(in+1, in+1)`` with a bias, else ``(in, in)``) and
     of ``S`` (``(out, out)``), the corrected eigenvalues ``(out, in[+1])``, and where the layer's weight and
     bias sit in the flat parameter vector."""
 
@@ -74,7 +79,7 @@ class EKFACFactors:
         m = len(v)
         for layer in self.layers:
             out_dim = layer.q_s.shape[0]
-            w = v[:, layer.weight_slice].reshape(m, out_dim, -1)
+            w = v[:, layer.weight_slice].reshape(m, out_dim, -1)  # a conv weight (out, in, kh, kw) as (out, in*kh*kw)
             d = torch.cat([w, v[:, layer.bias_slice].unsqueeze(2)], 2) if layer.bias_slice is not None else w
             rot = layer.q_s.T @ d @ layer.q_a
             lam = layer.eigenvalues + damping
@@ -102,9 +107,14 @@ def _layers(model: nn.Module, chosen: Sequence[torch.Tensor]) -> list[tuple[str,
         own = [p for p in module.parameters(recurse=False) if id(p) in offsets]
         if not own:
             continue
-        if not isinstance(module, nn.Linear):
-            raise NotImplementedError(f"EK-FAC covers nn.Linear layers only; layer {name!r} is "
+        if not isinstance(module, (nn.Linear, nn.Conv2d)):
+            raise NotImplementedError(f"EK-FAC covers nn.Linear and nn.Conv2d layers only; layer {name!r} is "
                                       f"{type(module).__name__}: leave its parameters out of params")
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"
+                                              or isinstance(module.padding, str)):
+            raise NotImplementedError(f"EK-FAC covers nn.Conv2d with groups=1 and numeric zero padding; layer {name!r} "
+                                      f"has groups={module.groups}, padding={module.padding!r}, "
+                                      f"padding_mode={module.padding_mode!r}")
         if id(module.weight) not in offsets:
             raise NotImplementedError(f"EK-FAC needs layer {name!r}'s weight whenever its bias is chosen")
         bias = offsets.get(id(module.bias)) if module.bias is not None else None
@@ -149,10 +159,18 @@ def fit_ekfac(
             def hook(mod, args, output, name=name, seen=seen):
                 if name in seen:
                     raise NotImplementedError(f"EK-FAC: layer {name!r} runs more than once per forward pass")
-                if args[0].ndim != 2:
+                inp = args[0].detach()
+                if isinstance(mod, nn.Conv2d):
+                    if inp.ndim != 4:
+                        raise NotImplementedError(f"EK-FAC: layer {name!r} gets unbatched inputs; use (N, C, H, W)")
+                    inp = F.unfold(inp, mod.kernel_size, dilation=mod.dilation, padding=mod.padding,
+                                   stride=mod.stride).transpose(1, 2)  # (N, T, in*kh*kw)
+                elif inp.ndim != 2:
                     raise NotImplementedError(f"EK-FAC: layer {name!r} gets inputs of shape "
-                                              f"{tuple(args[0].shape)}; only (N, in) inputs are covered")
-                seen[name] = (args[0].detach(), output)
+                                              f"{tuple(inp.shape)}; only (N, in) inputs are covered")
+                else:
+                    inp = inp.unsqueeze(1)  # (N, 1, in): one position
+                seen[name] = (inp, output)
             handles.append(module.register_forward_hook(hook))
         try:
             with train_mode(model, False), torch.enable_grad():
@@ -171,25 +189,33 @@ def fit_ekfac(
         for k in range(out.shape[1]):
             gs = torch.autograd.grad(out, outs, factor[:, :, k], retain_graph=True)
             for j, g in enumerate(gs):
-                per_layer[j].append(g.detach())
+                g = g.detach()
+                per_layer[j].append(g.flatten(2).transpose(1, 2) if g.ndim == 4 else g.unsqueeze(1))  # (N, T, out)
         for j, (name, _module, _, bias) in enumerate(layers):
             a = seen[name][0]
             if bias is not None:
-                a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], 1)
-            inputs[name].append(a.to(torch.float64))
-            grads[name].append(torch.stack(per_layer[j], 1).to(torch.float64))  # (N, C, out)
+                a = torch.cat([a, torch.ones(*a.shape[:2], 1, dtype=a.dtype, device=a.device)], 2)
+            inputs[name].append(a.to(torch.float64))  # (N, T, in')
+            grads[name].append(torch.stack(per_layer[j], 1).to(torch.float64))  # (N, C, T, out)
     fitted = []
     for name, _, wslice, bslice in layers:
-        a = torch.cat(inputs[name])  # (n, in')
-        g = torch.cat(grads[name])  # (n, C, out)
+        a = torch.cat(inputs[name])  # (n, T, in')
+        g = torch.cat(grads[name])  # (n, C, T, out)
         n = len(a)
-        cov_a = a.T @ a / n
-        cov_s = torch.einsum("nko,nkp->op", g, g) / n
+        cov_a = torch.einsum("nti,ntj->ij", a, a) / n
+        cov_s = torch.einsum("nkto,nktp->op", g, g) / n
         q_a = torch.linalg.eigh(cov_a).eigenvectors
         q_s = torch.linalg.eigh(cov_s).eigenvectors
-        rot_a = (a @ q_a) ** 2  # (n, in')
-        rot_g = ((g @ q_s) ** 2).sum(1)  # (n, out)
-        lam = rot_g.T @ rot_a / n  # (out, in')
+        if a.shape[1] == 1:  # one position: (Q_Sᵀ g aᵀ Q_A)² factorizes
+            rot_a = (a[:, 0] @ q_a) ** 2  # (n, in')
+            rot_g = ((g[:, :, 0] @ q_s) ** 2).sum(1)  # (n, out)
+            lam = rot_g.T @ rot_a / n  # (out, in')
+        else:  # the exact per-example gradient Σ_t g_t a_tᵀ, rotated
+            lam = torch.zeros(q_s.shape[0], q_a.shape[0], dtype=torch.float64, device=a.device)
+            for part in range(0, n, 64):
+                grad = torch.einsum("nkto,nti->nkoi", g[part : part + 64], a[part : part + 64])
+                lam += ((q_s.T @ grad @ q_a) ** 2).sum((0, 1))
+            lam /= n
         fitted.append(LayerFactors(name, q_a, q_s, lam, wslice, bslice))
     return EKFACFactors(tuple(fitted), sum(p.numel() for p in chosen))
 

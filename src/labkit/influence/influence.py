@@ -244,7 +244,7 @@ def influence_scores(
 
     ``method``: ``"exact"`` (dense float64 solve; ``solver_options`` none), ``"cg"`` and ``"lissa"`` (options of
     :func:`inverse_hvp`; a CG solve that does not converge is a ``RuntimeError``), ``"ekfac"`` (Gauss–Newton
-    only; :func:`labkit.influence.ekfac.fit_ekfac`, Linear layers). The model is left as found.
+    only; :func:`labkit.influence.ekfac.fit_ekfac`, Linear and Conv2d layers). The model is left as found.
     """
     check_loss_fn(loss_fn)
     checks.choice(method, "method", METHODS)
