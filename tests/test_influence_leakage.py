@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_state import assert_same, snapshot
 
 from labkit.influence.leakage import (
     DefenseSweep,
@@ -22,7 +23,6 @@ from labkit.influence.leakage import (
     pruning_defense,
     sigmoid_mlp,
 )
-from tests.model_state import assert_same, snapshot
 
 
 def tiny(seed: int = 0, d: int = 6, hidden: int = 8, classes: int = 3):
