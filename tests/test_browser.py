@@ -52,6 +52,8 @@ BROWSER_CASES = {
     "grokking": ("grokking/01_benign_overfitting_xor.ipynb", "step"),
     "diffusion": ("diffusion/03_guidance_interval.ipynb", "w"),
     "sam": ("sam/01_sharpness_aware_minimization.ipynb", "m"),
+    "influence": ("influence/01_influence_functions.ipynb", "query"),
+    "dynamics": ("dynamics/03_incremental_learning.ipynb", "lr"),
     "icl": ("icl/01_one_step_gd.ipynb", "n_ctx"),
 }
 

@@ -71,6 +71,8 @@ class Explorer(W.VBox):
                 control.continuous_update = False
             if not control.description:
                 control.description = name
+            if len(control.description) > 8 and hasattr(control.style, "description_width"):
+                control.style.description_width = "initial"  # show the whole label, not "λ / mean …"
             control.add_class("labkit-control")
             control.add_class(f"labkit-control-{name}")
         self.draw = draw
