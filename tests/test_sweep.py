@@ -147,12 +147,14 @@ def test_merge_into_replaces_only_the_swept_notebooks_rows(workbook, tmp_path, c
                                                 and c["name"] == "c")
     assert [r["notebook"] for r in merged["runs"]] == ["sam/01_always"] * 2 + ["sam/02_seed_one_fails"] * 2 + \
         ["sam/03_new"] * 2
-    assert [p["notebooks"] for p in merged["parts"]] == [1, 2]
+    assert [p["notebooks"] for p in merged["parts"]] == [["sam/01_always"], ["sam/02_seed_one_fails", "sam/03_new"]]
     assert "Merged from sweeps of part of the notebooks" in published.with_suffix(".md").read_text()
 
     (workbook / "notebooks/sam/03_new.ipynb").unlink()  # a notebook removed from the workbook leaves the sweep
     assert main([*args, *one[:2], "--out", str(tmp_path / "three")]) == 0
-    assert "sam/03_new" not in {c["notebook"] for c in json.loads(published.read_text())["claims"]}
+    after = json.loads(published.read_text())
+    assert "sam/03_new" not in {c["notebook"] for c in after["claims"]}
+    assert [p["notebooks"] for p in after["parts"]] == [["sam/01_always"], ["sam/02_seed_one_fails"]]
 
     capsys.readouterr()
     assert main(["reproduce", "--root", str(workbook), "--merge-into", str(published)]) == 2

@@ -196,7 +196,8 @@ def write_robustness(out_dir: Path, results: Sequence[TaskResult], *, seeds: Seq
 def merge_robustness(base: dict[str, Any], update: dict[str, Any], *, keep: Sequence[str]) -> dict[str, Any]:
     """The published sweep ``base`` with every row of the notebooks ``update`` swept replaced by ``update``'s, and
     rows of notebooks no longer in ``keep`` (the workbook's notebooks) dropped. Both must share seeds and scale;
-    ``wall_seconds`` becomes the sum of the sweeps' wall times (``parts`` lists them)."""
+    ``wall_seconds`` becomes the sum of the wall times of the sweeps whose rows remain (``parts`` lists each
+    sweep's notebooks and wall time)."""
     for key in ("seeds", "scale"):
         if base[key] != update[key]:
             raise ValueError(f"cannot merge a sweep with {key} {update[key]} into one with {key} {base[key]}")
@@ -216,10 +217,11 @@ def merge_robustness(base: dict[str, Any], update: dict[str, Any], *, keep: Sequ
     n = len(base["seeds"])
     bad = [c for c in claims if c["expected"] and c["kind"] == "claim" and not all(c["holds"])]
     ok = not bad and not failures and all(len(c["holds"]) == n for c in claims)
-    parts = [*base.get("parts", [{"notebooks": len({r["notebook"] for r in rows(base, "runs")}),
-                                  "wall_seconds": base.get("wall_seconds")}]),
-             {"notebooks": len(swept), "wall_seconds": update.get("wall_seconds")}]
+    # each part: the notebooks whose rows come from one sweep, and that sweep's wall time
+    legacy = [{"notebooks": sorted({r["notebook"] for r in base["runs"]}), "wall_seconds": base.get("wall_seconds")}]
+    parts = [{**p, "notebooks": [n for n in p["notebooks"] if n in kept]} for p in base.get("parts", legacy)]
     parts = [p for p in parts if p["notebooks"]]
+    parts.append({"notebooks": sorted(swept), "wall_seconds": update.get("wall_seconds")})
     wall = sum(p["wall_seconds"] or 0.0 for p in parts)
     return {"seeds": base["seeds"], "scale": base["scale"], "ok": ok, "failures": failures,
             "wall_seconds": round(wall, 1), "parts": parts, "runs": runs, "skipped": skipped, "claims": claims}
@@ -255,8 +257,9 @@ def robustness_markdown(payload: dict[str, Any]) -> str:
         lines.append(f"Wall time of the sweep: {payload['wall_seconds'] / 60:.1f} min "
                      f"({len(payload.get('runs', []))} notebook runs).")
     if len(payload.get("parts", [])) > 1:
-        lines.append("Merged from sweeps of part of the notebooks: " + "; ".join(
-            f"{p['notebooks']} notebooks in {(p['wall_seconds'] or 0) / 60:.1f} min" for p in payload["parts"]) + ".")
+        sizes = [f"{len(p['notebooks'])} notebooks in {(p['wall_seconds'] or 0) / 60:.1f} min"
+                 for p in payload["parts"]]
+        lines.append("Merged from sweeps of part of the notebooks: " + "; ".join(sizes) + ".")
     lines.append("")
     lines.append("| notebook | claim | kind | expected | criterion | measured per seed | verdict |")
     lines.append("|---|---|---|---|---|---|---|")
