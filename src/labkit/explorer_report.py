@@ -47,8 +47,9 @@ def write_explorer_report(out_dir: Path, names: list[str]) -> tuple[str, bool]:
                             f"{times} | {e['median_seconds']:.2f} |")
         rows += [f"| {name} | | | PROBLEM: {p} | | | |" for p in problems]
     head = ["# Explorers: what each control recomputes and how fast it answers", "",
-            "Seconds are medians of the timed re-draws (the harness moves each control to two other values and "
-            "back); they depend on the machine and its load.", "",
+            "Seconds are medians of the re-draws for a new setting (the harness moves each control to two other "
+            "values, the first under a profiler, then back, which is not counted); they depend on the machine "
+            "and its load.", "",
             "| notebook | explorer | control | recomputes (labkit calls) | data changed | median s | explorer s |",
             "|---|---|---|---|---|---|---|"]
     overall = f"median over explorers {statistics.median(medians):.2f} s, slowest {max(medians):.2f} s" \

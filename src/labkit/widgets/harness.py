@@ -31,13 +31,16 @@ _NOT_COMPUTING = ("labkit.viz", "labkit.widgets", "labkit.exercises", "labkit.re
 
 @dataclass(frozen=True)
 class ControlProbe:
-    """One control moved through ``values``: did the figure's data change, what ran, how long it took."""
+    """One control moved through ``values``: did the figure's data change, what ran, how long each move to a new
+    setting took (``seconds``; the first move runs under the profiler, so it is timed pessimistically) and how long
+    the move back to the original value took (``return_seconds``; an explorer may answer it from a cache)."""
 
     control: str
     values: tuple[str, ...]
     data_changed: bool
     computes: tuple[str, ...]
     seconds: tuple[float, ...]
+    return_seconds: tuple[float, ...] = ()
     error: str | None = None
 
 
@@ -51,6 +54,7 @@ class ExplorerProbe:
 
     @property
     def median_seconds(self) -> float:
+        """The median response to a new setting (returns to a setting already seen are left out)."""
         times = [s for c in self.controls for s in c.seconds]
         return statistics.median(times) if times else float("nan")
 
@@ -132,7 +136,7 @@ def _apply(explorer: Explorer, control: W.ValueWidget, value: Any) -> None:
 
 def exercise(explorer: Explorer, *, index: int = 0, changes: int = 2) -> ExplorerProbe:
     """Move each control to ``changes`` other values and back; the first move is profiled (what it computes),
-    the others timed. The explorer ends on its original values."""
+    every move timed. The explorer ends on its original values."""
     probes = []
     for name, control in explorer.controls.items():
         original = control.value
@@ -140,6 +144,7 @@ def exercise(explorer: Explorer, *, index: int = 0, changes: int = 2) -> Explore
         values = _other_values(control, changes)
         seen: set[str] = set()
         seconds: list[float] = []
+        back: list[float] = []
         changed, error = False, None
         try:
             for k, value in enumerate(values):
@@ -149,14 +154,15 @@ def exercise(explorer: Explorer, *, index: int = 0, changes: int = 2) -> Explore
                         _apply(explorer, control, value)
                 else:
                     _apply(explorer, control, value)
-                    seconds += explorer.timings[n:]
+                seconds += explorer.timings[n:]
                 changed = changed or _data_key(explorer) != before
             n = len(explorer.timings)
             _apply(explorer, control, original)
-            seconds += explorer.timings[n:]
+            back += explorer.timings[n:]
         except Exception as exc:  # noqa: BLE001 - reported per control, the harness goes on with the next
             error = f"{type(exc).__name__}: {exc}"
-        probes.append(ControlProbe(name, tuple(map(str, values)), changed, tuple(sorted(seen)), tuple(seconds), error))
+        probes.append(ControlProbe(name, tuple(map(str, values)), changed, tuple(sorted(seen)), tuple(seconds),
+                                   tuple(back), error))
     return ExplorerProbe(index, "live" if explorer.button_label is None else f"button {explorer.button_label!r}",
                          tuple(probes))
 
