@@ -32,10 +32,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import hessian, vmap
 
 from labkit.autograd import resolve_params, train_mode
-from labkit.influence.per_example import LossFn, check_loss_fn, check_params_finite, checked_data
+from labkit.influence.per_example import LossFn, check_loss_fn, check_params_finite, checked_data, output_hessians
 
 
 @dataclass(frozen=True)
@@ -148,9 +147,6 @@ def fit_ekfac(
     grads: dict[str, list[torch.Tensor]] = {n: [] for n, *_ in layers}
     device = chosen[0].device
 
-    def one_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return loss_fn(out.unsqueeze(0), y.unsqueeze(0))
-
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -181,7 +177,7 @@ def fit_ekfac(
         if out.ndim != 2:
             raise ValueError(f"EK-FAC needs outputs of shape (N, C), got {tuple(out.shape)}")
         with torch.enable_grad():
-            h_out = vmap(hessian(one_loss))(out.detach(), y)  # (N, C, C)
+            h_out = output_hessians(loss_fn, out.detach(), y)  # (N, C, C)
         evals, evecs = torch.linalg.eigh(h_out.to(torch.float64))
         factor = (evecs * evals.clamp_min(0).sqrt().unsqueeze(1)).to(out.dtype)  # H = L Lᵀ, columns of L
         outs = [seen[n][1] for n, *_ in layers]

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.func import functional_call, hessian, jacrev, vmap
+from torch.func import functional_call, jacrev, vmap
 
 from labkit import checks
 from labkit.autograd import check_generator, randint, resolve_params, train_mode
@@ -35,6 +35,7 @@ from labkit.influence.per_example import (
     check_loss_fn,
     check_params_finite,
     checked_data,
+    output_hessians,
     per_example_grads,
 )
 
@@ -84,9 +85,6 @@ def exact_ggn(
     def outputs(w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return functional_call(model, ({**frozen, **w}, buffers), (x.unsqueeze(0),)).squeeze(0)
 
-    def one_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return loss_fn(out.unsqueeze(0), y.unsqueeze(0))
-
     ggn = torch.zeros(numel, numel, dtype=dtype, device=device)
     total = 0
     with train_mode(model, False), torch.enable_grad():
@@ -97,7 +95,7 @@ def exact_ggn(
             jac = vmap(jacrev(outputs), in_dims=(None, 0))(wrt, x)  # dict of (N, C..., *param.shape)
             n, c = len(x), outs[0].numel()
             j = torch.cat([jac[k].reshape(n, c, -1) for k in names], dim=2)  # (N, C, P)
-            h = vmap(hessian(one_loss))(outs, y).reshape(n, c, c)
+            h = output_hessians(loss_fn, outs, y).reshape(n, c, c)
             evals, evecs = torch.linalg.eigh((h + h.transpose(1, 2)) / 2)
             root = evecs * evals.clamp_min(0).sqrt().unsqueeze(1)  # H_i = L_i L_iᵀ
             m = (root.transpose(1, 2) @ j).reshape(n * c, -1)  # rows L_iᵀ J_i

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, hessian, vmap
 
 from labkit import checks
 from labkit.autograd import as_batches, even_chunks, resolve_params, train_mode
@@ -117,3 +117,13 @@ def per_example_grads(
 
 
 __all__ = ["per_example_grads"]
+
+
+def output_hessians(loss_fn: LossFn, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(N, C, C)``: the Hessian of each example's loss with respect to its own outputs ``(N, C)`` (the middle
+    factor of the Gauss–Newton matrix ``Jᵀ H J``), vmapped over examples."""
+
+    def one_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return loss_fn(out.unsqueeze(0), y.unsqueeze(0))
+
+    return vmap(hessian(one_loss))(outputs, targets)
