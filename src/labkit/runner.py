@@ -110,10 +110,20 @@ def with_explorer_harness(info: NotebookInfo, probe_path: Path):
     return nb
 
 
+def checkpoint_folder(out_dir: Path, name: str) -> Path:
+    """Where a notebook run into ``out_dir`` keeps its long runs' checkpoints (``Run.checkpoint``): a run cut off
+    by a timeout or Ctrl-C resumes from there when ``labkit reproduce`` runs it again."""
+    return Path(out_dir) / "checkpoints" / slugify(name)
+
+
 def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, device: str = "auto",
-                 timeout: int = 900, explorers: bool = False) -> RunResult:
+                 timeout: int = 900, explorers: bool = False, resume: bool = False) -> RunResult:
     """Execute one notebook with papermill (parameters SEED, SCALE, DEVICE) into ``out_dir``; with
-    ``explorers``, then move every control of its explorers (``out_dir/explorers/<notebook>.json``)."""
+    ``explorers``, then move every control of its explorers (``out_dir/explorers/<notebook>.json``). The
+    notebook's long runs checkpoint into :func:`checkpoint_folder`; ``resume`` keeps the checkpoints of an
+    earlier, cut-off run (they are deleted otherwise, so a fresh run never reuses stale state)."""
+    import shutil
+
     import papermill as pm
 
     results_dir = out_dir / "claims"
@@ -125,8 +135,11 @@ def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, de
     probes = explorer_probe_path(out_dir, info.name)
     probes.unlink(missing_ok=True)
     source = with_explorer_harness(info, probes) if explorers else str(info.path)
+    if not resume:
+        shutil.rmtree(checkpoint_folder(out_dir, info.name), ignore_errors=True)
     env = dict(LABKIT_RESULTS_DIR=str(results_dir.resolve()), LABKIT_NOTEBOOK=info.name,
-               LABKIT_SEED=str(seed), LABKIT_SCALE=scale, LABKIT_PROGRESS="0")
+               LABKIT_SEED=str(seed), LABKIT_SCALE=scale, LABKIT_PROGRESS="0",
+               LABKIT_CHECKPOINTS=str(checkpoint_folder(out_dir, info.name).resolve()))
     target = out_dir / info.pillar / info.path.name
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -145,9 +158,10 @@ def run_notebook(info: NotebookInfo, out_dir: Path, *, seed: int, scale: str, de
     return result
 
 
-def _run_one(args: tuple[NotebookInfo, Path, int, str, str, int, bool]) -> RunResult:
-    info, out_dir, seed, scale, device, timeout, explorers = args
-    return run_notebook(info, out_dir, seed=seed, scale=scale, device=device, timeout=timeout, explorers=explorers)
+def _run_one(args: tuple[NotebookInfo, Path, int, str, str, int, bool, bool]) -> RunResult:
+    info, out_dir, seed, scale, device, timeout, explorers, resume = args
+    return run_notebook(info, out_dir, seed=seed, scale=scale, device=device, timeout=timeout, explorers=explorers,
+                        resume=resume)
 
 
 def run_all(infos: list[NotebookInfo], out_dir: Path, *, seed: int, scale: str, device: str = "auto",
@@ -162,7 +176,7 @@ def run_all(infos: list[NotebookInfo], out_dir: Path, *, seed: int, scale: str, 
             echo(f"  skip  {info.name} (already reproduced with seed {seed}, scale {scale})")
         else:
             todo.append(info)
-    tasks = [(info, out_dir, seed, scale, device, timeout, explorers) for info in todo]
+    tasks = [(info, out_dir, seed, scale, device, timeout, explorers, resume) for info in todo]
     if jobs <= 1 or len(tasks) <= 1:
         outcomes = map(_run_one, tasks)
         pool = None

@@ -235,6 +235,7 @@ class Run:
     config: Config = field(default_factory=lambda: Config({}))
     notebook: str | None = None
     runner: str = "python"
+    checkpoints: Path | None = None
 
     def seed_for(self, name: str) -> int:
         """The integer seed of the stream ``name``."""
@@ -251,6 +252,19 @@ class Run:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed_for(name))
             yield
+
+    def checkpoint(self, name: str) -> Path | None:
+        """The checkpoint file of the long run ``name`` (``fit(checkpoint=...)``, ``modular_run(checkpoint=...)``):
+        ``<checkpoints>/seed<seed>-<scale>/<name>.pt`` when this run has a checkpoint folder, else None (nothing
+        is written). ``labkit reproduce`` and the seed sweep give each notebook a folder inside their ``--out``,
+        so a notebook interrupted or timed out there resumes its finished and half-finished runs when run again
+        (``--resume``); in JupyterLab pass ``labkit.start(..., checkpoints="some/folder")``."""
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"name must be a non-empty string naming the run, got {name!r}")
+        if self.checkpoints is None:
+            return None
+        slug = "".join(c if c.isalnum() or c in "._-=" else "_" for c in name.strip())
+        return self.checkpoints / f"seed{self.seed}-{self.scale}" / f"{slug}.pt"
 
     def record(self) -> dict[str, Any]:
         """What produced a result: seed, scale, device, versions, git commit and how the notebook ran."""
@@ -282,12 +296,15 @@ def start(
     config: Mapping[str, Any] | None = None,
     threads: int | None = None,
     notebook: str | None = None,
+    checkpoints: str | os.PathLike | None = None,
 ) -> Run:
     """Start an experiment: validate the parameters, seed the global generators, pick the device, set the
     thread count, select ``config[scale]``; return the :class:`Run`.
 
     ``config`` is ``{"teach": {...}, "paper": {...}}`` or one mapping for both scales. ``notebook`` names
-    the claim record; by default it is found from ``labkit reproduce``, papermill or JupyterLab.
+    the claim record; by default it is found from ``labkit reproduce``, papermill or JupyterLab. ``checkpoints``
+    (a folder; default ``$LABKIT_CHECKPOINTS``, set by ``labkit reproduce``) is where :meth:`Run.checkpoint` puts
+    the long runs' checkpoints; without one nothing is written.
     """
     check_seed(seed)
     check_scale(scale)
@@ -296,7 +313,11 @@ def start(
     seed_everything(seed)
     set_threads(chosen, threads)
     runner, found = detect_runner()
-    return Run(seed=seed, scale=scale, device=chosen, config=selected, notebook=notebook or found, runner=runner)
+    folder = checkpoints if checkpoints is not None else os.environ.get("LABKIT_CHECKPOINTS") or None
+    if folder is not None and not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"checkpoints must be a folder path (str or os.PathLike) or None, got {type(folder).__name__}")
+    return Run(seed=seed, scale=scale, device=chosen, config=selected, notebook=notebook or found, runner=runner,
+               checkpoints=None if folder is None else Path(folder))
 
 
 __all__ = ["SCALES", "Config", "Run", "check_scale", "derive_seed", "make_generator", "pick_device",

@@ -39,6 +39,7 @@ class Task:
     scale: str
     device: str
     timeout: int
+    checkpoints: str | None = None  # the notebook's checkpoint folder (Run.checkpoint), on the worker's filesystem
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ def run_task(task: Task) -> TaskResult:
         results, target = folder / "claims", folder / "executed.ipynb"
         env = dict(LABKIT_RESULTS_DIR=str(results), LABKIT_NOTEBOOK=task.name, LABKIT_SEED=str(task.seed),
                    LABKIT_SCALE=task.scale, LABKIT_PROGRESS="0")
+        if task.checkpoints is not None:  # a task cut off (timeout, lost worker) resumes its long runs when re-run
+            env["LABKIT_CHECKPOINTS"] = task.checkpoints
         start, error = time.perf_counter(), None
         with kernel_environment(env):  # one task per process at a time: the kernel inherits these
             try:
@@ -101,8 +104,11 @@ def run_task(task: Task) -> TaskResult:
 
 
 def make_tasks(infos: Sequence[NotebookInfo], seeds: Sequence[int], *, scale: str, device: str,
-               timeout: int) -> list[Task]:
-    return [Task(i.name, f"{i.pillar}/{i.path.name}", i.path.read_text(), s, scale, device, timeout)
+               timeout: int, checkpoints: Path | None = None) -> list[Task]:
+    """One task per notebook and seed; with ``checkpoints`` (a folder) each notebook keeps its long runs'
+    checkpoints in ``checkpoints/<notebook>`` (seed and scale are part of the file names)."""
+    return [Task(i.name, f"{i.pillar}/{i.path.name}", i.path.read_text(), s, scale, device, timeout,
+                 None if checkpoints is None else str((Path(checkpoints) / slugify(i.name)).resolve()))
             for i in infos for s in seeds]
 
 
