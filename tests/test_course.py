@@ -46,7 +46,7 @@ def exercise_notebook(pillar: str = "sam", stem: str = "01_tiny", *,
     nb.cells = [intro, params, body, solution, checker]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["labkit"] = dict(pillar=pillar, title=stem, authors="A", year=2024, url="https://arxiv.org/abs/1",
-                                 claim="c", cost={"teach": {"cpu": 12.0}},
+                                 claim="c", cost={"teach": {"cpu": 12.0}, "paper": {"cpu": 300.0, "cuda": 20.0}},
                                  course=course or {"session": 1, "session_title": "Basics", "prerequisites": [],
                                                    "maths": ["arithmetic"]})
     return nb
@@ -164,7 +164,8 @@ def test_syllabus_orders_sessions_and_lists_prerequisites_goals_and_time(tmp_pat
     text = syllabus(discover(root))
     assert text.index("## Session 1: Basics") < text.index("## Session 2: More")
     assert "notebooks `sam/01_a`; maths: none" in text and "maths: gradients" in text
-    assert "  - double a number" in text and "Time at teach scale: 12 s; graded exercises: 1." in text
+    assert "  - double a number" in text
+    assert "Time at teach scale: 12 s; at paper scale: 5.0 min (GPU: 20 s); graded exercises: 1." in text
     course = root / "notebooks" / "COURSE.md"
     assert not update_course(course, discover(root), write=True) and update_course(course, discover(root), write=False)
 

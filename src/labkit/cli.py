@@ -132,10 +132,13 @@ def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path, skipp
     where = args.address or f"{args.jobs} local worker(s)"
     print(f"labkit reproduce: {len(infos)} notebook(s) x seeds {seeds}, scale {args.scale}, device {args.device}, "
           f"{args.executor} executor on {where} -> {out}/")
-    if not args.resume:  # a fresh sweep never reuses the checkpoints of an earlier one
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    # Long runs checkpoint under --out when the workers share this disk (local processes or a local cluster); the
+    # workers of a remote scheduler need no shared disk, so they keep none. A fresh sweep never reuses old ones.
+    checkpoints = None if args.address else out / "checkpoints"
+    if checkpoints is not None and not args.resume:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     tasks = make_tasks(infos, seeds, scale=args.scale, device=args.device, timeout=args.timeout,
-                       checkpoints=out / "checkpoints")
+                       checkpoints=checkpoints)
     began = time.perf_counter()
     results = execute(tasks, executor=args.executor, jobs=args.jobs, address=args.address)
     text, ok = write_robustness(out, results, seeds=seeds, scale=args.scale,

@@ -8,7 +8,7 @@ between ``### BEGIN SOLUTION`` and ``### END SOLUTION``; a locked check cell (``
 
 The syllabus is generated from each notebook's ``metadata.labkit.course`` (``session``, ``session_title``,
 ``prerequisites``: earlier notebooks, ``maths``), its learning goals (the "You will learn to" list of its first
-cell) and its measured teach-scale time (``metadata.labkit.cost``).
+cell) and its measured teach- and paper-scale times (``metadata.labkit.cost``).
 """
 
 from __future__ import annotations
@@ -146,7 +146,8 @@ def syllabus(infos: Sequence[NotebookInfo]) -> str:
     lines = ["# The labkit course", "", COURSE_START, "",
              f"A one-semester course in {len(sessions)} sessions over the {len(entries)} paper notebooks. Each session "
              "lists its notebooks, what to know first (earlier notebooks and maths), the learning goals and the time "
-             "one run takes at `SCALE=\"teach\"` on a 2-core CPU. Student copies: `make student` "
+             "one run takes at `SCALE=\"teach\"` on a 2-core CPU (and at `SCALE=\"paper\"`, for a project or a "
+             "longer lab; on a GPU too where it was measured). Student copies: `make student` "
              "(build/student/); graded exercises sit in each notebook's \"Try this\".", ""]
     for number in sorted(sessions):
         group = sessions[number]
@@ -160,7 +161,11 @@ def syllabus(infos: Sequence[NotebookInfo]) -> str:
             lines.append(f"- Prerequisites: {'notebooks ' + pre if pre else 'no earlier notebook'}; "
                          f"maths: {', '.join(entry['maths']) or 'none'}.")
             teach = info.cost.get("teach", {}).get("cpu")
-            lines.append(f"- Time at teach scale: {format_minutes(teach)}; graded exercises: {entry['exercises']}.")
+            paper = info.cost.get("paper", {})
+            at_paper = format_minutes(paper.get("cpu")) + (f" (GPU: {format_minutes(paper['cuda'])})"
+                                                            if "cuda" in paper else "")
+            lines.append(f"- Time at teach scale: {format_minutes(teach)}; at paper scale: {at_paper}; "
+                         f"graded exercises: {entry['exercises']}.")
             if entry["goals"]:
                 lines.append("- Learning goals:")
                 lines += [f"  - {g}" for g in entry["goals"]]
