@@ -64,6 +64,7 @@ def test_reproduce_notebook(info, tmp_path):
     vague = [c["name"] for c in claims if not PAPER_PLACE.search(str(c.get("paper_value") or ""))]
     assert not vague, f"paper_value must say where the paper says it (figure, table, section, equation): {vague}"
     assert_sweep_is_current(info.name, record["claims"])
+    assert_paper_sweep_names_these_claims(info.name, record["claims"])
     probes = json.loads(explorer_probe_path(tmp_path, info.name).read_text())
     for e in probes:
         print(f"explorer {e['index']} ({e['mode']}): live {e['live_controls']}, median {e['median_seconds']:.2f} s")
@@ -133,3 +134,15 @@ def test_no_training_loop_in_a_notebook(info):
                         call.func.attr in ("step", "backward"):
                     raise AssertionError(f"line {call.lineno}: a loop calls .{call.func.attr}(): "
                                          "move the training loop into the pillar")
+
+
+def assert_paper_sweep_names_these_claims(name, claims):
+    """The paper-scale sweep (notebooks/ROBUSTNESS-paper.json, make robustness SCALE=paper) covers some notebooks; where
+    it has rows for this one they must be its claims and checks (criteria may read differently at paper scale)."""
+    sweep = committed_sweep(ROOT / "notebooks" / "ROBUSTNESS-paper.json")
+    rows = [c for c in (sweep or {}).get("claims", []) if c["notebook"] == name]
+    if not rows:
+        return
+    assert sweep["scale"] == "paper" and sweep["seeds"] == [0, 1, 2, 3, 4], "must be the seeds 0-4 paper sweep"
+    assert sorted((c["name"], c["kind"]) for c in rows) == sorted((c["name"], c["kind"]) for c in claims), \
+        f"notebooks/ROBUSTNESS-paper.json is stale for {name}: run make robustness SCALE=paper NOTEBOOKS=..."
