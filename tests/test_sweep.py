@@ -16,21 +16,23 @@ from labkit.cli import main
 from labkit.sweep import parse_seeds, verdict
 
 
-def tiny_notebook(root: Path, stem: str, holds: str) -> None:
-    """A notebook with one claim whose outcome is the Python expression ``holds`` (SEED is in scope) and one check."""
+def tiny_notebook(root: Path, stem: str, holds: str, *, body: str | None = None) -> Path:
+    """A notebook with one claim whose outcome is the Python expression ``holds`` (SEED is in scope) and one check,
+    or whose code after ``labkit.start`` is ``body``."""
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('SEED: int = 0\nSCALE: str = "teach"\nDEVICE: str = "auto"')
     params.metadata["tags"] = ["parameters"]
+    body = body or (f"labkit.check_claims([labkit.Claim('c', 's', measured=SEED, criterion='x', holds={holds}),\n"
+                    "                     labkit.Check('k', 's', measured=0, criterion='= 0', holds=True)], run=run)")
     nb.cells = [params, nbformat.v4.new_code_cell(
-        "import labkit\nrun = labkit.start(seed=SEED, scale=SCALE, device='cpu')\n"
-        f"labkit.check_claims([labkit.Claim('c', 's', measured=SEED, criterion='x', holds={holds}),\n"
-        "                     labkit.Check('k', 's', measured=0, criterion='= 0', holds=True)], run=run)")]
+        "import labkit\nrun = labkit.start(seed=SEED, scale=SCALE, device='cpu')\n" + body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["labkit"] = dict(pillar="sam", title=stem, authors="A", year=2024, url="https://arxiv.org/abs/1",
                                  claim="c")
     path = root / "notebooks" / "sam" / f"{stem}.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
+    return path
 
 
 @pytest.fixture
@@ -171,20 +173,10 @@ def test_reproduce_resume_continues_from_the_notebooks_checkpoints(tmp_path):
     """A notebook cut off in `labkit reproduce` resumes its long runs (Run.checkpoint inside --out) with
     --resume; a run without --resume starts afresh. The notebook counts its executions in a checkpoint file and holds
     on the second."""
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell('SEED: int = 0\nSCALE: str = "teach"\nDEVICE: str = "auto"')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(
-        "import labkit\nrun = labkit.start(seed=SEED, scale=SCALE, device='cpu')\n"
+    tiny_notebook(tmp_path / "wb", "01_resumable", "", body=(
         "p = run.checkpoint('long run')\np.parent.mkdir(parents=True, exist_ok=True)\n"
         "n = (int(p.read_text()) if p.exists() else 0) + 1\np.write_text(str(n))\n"
-        "labkit.check_claims([labkit.Claim('c', 's', measured=n, criterion='second run', holds=n >= 2)], run=run)")]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["labkit"] = dict(pillar="sam", title="t", authors="A", year=2024, url="https://arxiv.org/abs/1",
-                                 claim="c")
-    path = tmp_path / "wb" / "notebooks" / "sam" / "01_resumable.ipynb"
-    path.parent.mkdir(parents=True)
-    nbformat.write(nb, path)
+        "labkit.check_claims([labkit.Claim('c', 's', measured=n, criterion='second run', holds=n >= 2)], run=run)"))
     out = tmp_path / "report"
     args = ["reproduce", "--root", str(tmp_path / "wb"), "--device", "cpu", "--out", str(out)]
     record = out / "claims" / "sam_01_resumable.json"

@@ -134,11 +134,11 @@ def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path, skipp
           f"{args.executor} executor on {where} -> {out}/")
     # Long runs checkpoint under --out when the workers share this disk (local processes or a local cluster); the
     # workers of a remote scheduler need no shared disk, so they keep none. A fresh sweep never reuses old ones.
-    checkpoints = None if args.address else out / "checkpoints"
-    if checkpoints is not None and not args.resume:
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    keeps_checkpoints = args.address is None
+    if keeps_checkpoints and not args.resume:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     tasks = make_tasks(infos, seeds, scale=args.scale, device=args.device, timeout=args.timeout,
-                       checkpoints=checkpoints)
+                       out_dir=out if keeps_checkpoints else None)
     began = time.perf_counter()
     results = execute(tasks, executor=args.executor, jobs=args.jobs, address=args.address)
     text, ok = write_robustness(out, results, seeds=seeds, scale=args.scale,

@@ -23,7 +23,7 @@ from typing import Any
 
 from labkit.catalog import NotebookInfo
 from labkit.repro import slugify, write_json_atomic
-from labkit.runner import kernel_environment
+from labkit.runner import checkpoint_folder, kernel_environment
 
 EXECUTORS = ("process", "dask")
 
@@ -104,11 +104,12 @@ def run_task(task: Task) -> TaskResult:
 
 
 def make_tasks(infos: Sequence[NotebookInfo], seeds: Sequence[int], *, scale: str, device: str,
-               timeout: int, checkpoints: Path | None = None) -> list[Task]:
-    """One task per notebook and seed; with ``checkpoints`` (a folder) each notebook keeps its long runs'
-    checkpoints in ``checkpoints/<notebook>`` (seed and scale are part of the file names)."""
+               timeout: int, out_dir: Path | None = None) -> list[Task]:
+    """One task per notebook and seed; with ``out_dir`` each notebook keeps its long runs' checkpoints in the
+    same folder as under ``labkit reproduce`` (:func:`labkit.runner.checkpoint_folder`; seed and scale are part of
+    the file names)."""
     return [Task(i.name, f"{i.pillar}/{i.path.name}", i.path.read_text(), s, scale, device, timeout,
-                 None if checkpoints is None else str((Path(checkpoints) / slugify(i.name)).resolve()))
+                 None if out_dir is None else str(checkpoint_folder(out_dir, i.name).resolve()))
             for i in infos for s in seeds]
 
 
