@@ -16,7 +16,7 @@ from labkit.cli import main
 from labkit.sweep import parse_seeds, verdict
 
 
-def tiny_notebook(root: Path, stem: str, holds: str, *, body: str | None = None) -> Path:
+def tiny_notebook(root: Path, stem: str, holds: str = "True", *, body: str | None = None) -> None:
     """A notebook with one claim whose outcome is the Python expression ``holds`` (SEED is in scope) and one check,
     or whose code after ``labkit.start`` is ``body``."""
     nb = nbformat.v4.new_notebook()
@@ -32,7 +32,6 @@ def tiny_notebook(root: Path, stem: str, holds: str, *, body: str | None = None)
     path = root / "notebooks" / "sam" / f"{stem}.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
-    return path
 
 
 @pytest.fixture
@@ -173,7 +172,7 @@ def test_reproduce_resume_continues_from_the_notebooks_checkpoints(tmp_path):
     """A notebook cut off in `labkit reproduce` resumes its long runs (Run.checkpoint inside --out) with
     --resume; a run without --resume starts afresh. The notebook counts its executions in a checkpoint file and holds
     on the second."""
-    tiny_notebook(tmp_path / "wb", "01_resumable", "", body=(
+    tiny_notebook(tmp_path / "wb", "01_resumable", body=(
         "p = run.checkpoint('long run')\np.parent.mkdir(parents=True, exist_ok=True)\n"
         "n = (int(p.read_text()) if p.exists() else 0) + 1\np.write_text(str(n))\n"
         "labkit.check_claims([labkit.Claim('c', 's', measured=n, criterion='second run', holds=n >= 2)], run=run)"))

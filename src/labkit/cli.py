@@ -123,6 +123,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path, skipped: list) -> int:
+    from labkit.runner import checkpoint_folder
     from labkit.sweep import execute, make_tasks, write_robustness
 
     seeds = args.seed_list
@@ -136,7 +137,8 @@ def _sweep(args: argparse.Namespace, infos: list[NotebookInfo], out: Path, skipp
     # workers of a remote scheduler need no shared disk, so they keep none. A fresh sweep never reuses old ones.
     keeps_checkpoints = args.address is None
     if keeps_checkpoints and not args.resume:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        for info in infos:
+            shutil.rmtree(checkpoint_folder(out, info.name), ignore_errors=True)
     tasks = make_tasks(infos, seeds, scale=args.scale, device=args.device, timeout=args.timeout,
                        out_dir=out if keeps_checkpoints else None)
     began = time.perf_counter()
